@@ -1,0 +1,17 @@
+"""Where a candidate runs: hardware profiles, ONNX export, quantization, measurement."""
+
+from ._profile import HardwareProfile, ProfileError, known_profiles
+from ._runtime import LatencyReport, evaluate, export_onnx, measure, quantize, session, size_mb
+
+__all__ = [
+    "HardwareProfile",
+    "LatencyReport",
+    "ProfileError",
+    "evaluate",
+    "export_onnx",
+    "known_profiles",
+    "measure",
+    "quantize",
+    "session",
+    "size_mb",
+]

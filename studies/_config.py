@@ -1,0 +1,184 @@
+"""Compose the Hydra config and turn every group into a validated, typed value.
+
+Everything a user can get wrong is checked here, before a store is opened or a trial
+starts; each problem is one `ConfigError` line naming the key, the value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_module
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from hardware_profiles import HardwareProfile, ProfileError
+from search_spaces import SearchSpace, SearchSpaceError
+from trainers import TrainerConfig
+from trainers.data import DataConfig
+
+from ._pareto import DIRECTIONS
+
+SAMPLERS = ("nsga2", "tpe", "random")
+PROFILE_METRICS = ("accuracy", "latency_p50_ms", "latency_p95_ms", "size_mb")
+GLOBAL_METRICS = ("val_accuracy", "params")
+
+
+_CONF = Path(__file__).resolve().parent.parent
+_GROUP_DIRS = {
+    "search_space": _CONF / "search_spaces" / "conf" / "search_space",
+    "hardware": _CONF / "hardware_profiles" / "conf" / "hardware",
+    "data": _CONF / "trainers" / "conf" / "data",
+    "trainer": _CONF / "trainers" / "conf" / "trainer",
+    "study": _CONF / "studies" / "conf" / "study",
+}
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is one line naming the key and what is allowed."""
+
+
+@dataclass
+class Objective:
+    metric: str = "cpu/accuracy"
+    direction: str = "maximize"
+
+
+@dataclass
+class StudySpec:
+    """The `study` config group: what to optimise, how, and where results go."""
+
+    name: str = "quick"
+    workdir: str = "runs"
+    n_trials: int = 10
+    seed: int = 0
+    sampler: str = "nsga2"
+    population_size: int = 4  # NSGA-II generation size
+    objectives: list[Objective] = field(default_factory=list)
+    max_concurrent: int = 1  # trials at once; 1 keeps latency timing off busy cores
+    cpus_per_trial: int = 2
+
+
+@dataclass(frozen=True)
+class VlmnasConfig:
+    space: SearchSpace
+    profiles: tuple[HardwareProfile, ...]
+    data: DataConfig
+    trainer: TrainerConfig
+    study: StudySpec
+    raw: dict[str, Any]  # the composed config, for logging
+    choices: dict[str, Any]  # which option of each group was picked
+
+    @property
+    def workdir(self) -> Path:
+        return Path(self.study.workdir).expanduser().resolve()
+
+    @property
+    def study_dir(self) -> Path:
+        return self.workdir / self.study.name
+
+    def profile(self, name: str) -> HardwareProfile:
+        return next(p for p in self.profiles if p.name == name)
+
+
+def load_config(overrides: Sequence[str] = ()) -> VlmnasConfig:
+    """Compose `studies/conf/config.yaml` with Hydra `overrides` and validate every group."""
+    try:
+        with initialize_config_module(config_module="studies.conf", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        message = _one_line(str(exc))
+        missing = re.search(r"'(\w+)/([^']*)'", message)
+        if missing and missing.group(1) in _GROUP_DIRS:
+            group = missing.group(1)
+            known = sorted(p.stem for p in _GROUP_DIRS[group].glob("*.yaml"))
+            message = f"{group}={missing.group(2)!r} is not a known option; allowed {known}"
+        raise ConfigError(message) from None
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    assert isinstance(choices, dict)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(raw, dict)
+
+    try:
+        space = SearchSpace.from_mapping(
+            raw.get("search_space") or {}, name=str(choices["search_space"])
+        )
+    except SearchSpaceError as exc:
+        raise ConfigError(str(exc)) from None
+    hardware = raw.get("hardware") or {}
+    if not isinstance(hardware, dict) or not hardware:
+        raise ConfigError("hardware: select at least one profile, e.g. hardware=[cpu]")
+    try:
+        profiles = tuple(
+            HardwareProfile.from_mapping(name, node) for name, node in hardware.items()
+        )
+    except ProfileError as exc:
+        raise ConfigError(str(exc)) from None
+    data = _typed(DataConfig, cfg.data, "data")
+    trainer = _typed(TrainerConfig, cfg.trainer, "trainer")
+    study = _typed(StudySpec, cfg.study, "study")
+    _check_study(study, profiles)
+    return VlmnasConfig(space, profiles, data, trainer, study, raw, choices)
+
+
+def _typed(cls: type, node: DictConfig, group: str) -> Any:
+    for key in OmegaConf.missing_keys(node):
+        raise ConfigError(f"{key} is required (set it with {key}=...)")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), node))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        raise ConfigError(f"{group}.{key}: {_one_line(str(exc))}") from None
+    except ValueError as exc:  # a dataclass's own __post_init__ check
+        raise ConfigError(_one_line(str(exc))) from None
+
+
+def _check_study(study: StudySpec, profiles: tuple[HardwareProfile, ...]) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study.name):
+        raise ConfigError(f"study.name={study.name!r}: use letters, digits, '_', '-', '.'")
+    if study.n_trials < 1:
+        raise ConfigError(f"study.n_trials={study.n_trials}: must be >= 1")
+    if study.sampler not in SAMPLERS:
+        raise ConfigError(f"study.sampler={study.sampler!r}; allowed {list(SAMPLERS)}")
+    if study.population_size < 2:
+        raise ConfigError(f"study.population_size={study.population_size}: must be >= 2")
+    if study.max_concurrent < 1 or study.cpus_per_trial < 1:
+        raise ConfigError("study.max_concurrent and study.cpus_per_trial must be >= 1")
+    if len(study.objectives) < 2:
+        raise ConfigError(
+            f"study.objectives has {len(study.objectives)}; a multi-objective study needs >= 2"
+        )
+    names = [p.name for p in profiles]
+    allowed = [f"{p}/{m}" for p in names for m in PROFILE_METRICS] + list(GLOBAL_METRICS)
+    for obj in study.objectives:
+        if obj.metric not in allowed:
+            raise ConfigError(
+                f"study.objectives metric {obj.metric!r}; allowed with hardware={names}: {allowed}"
+            )
+        if obj.direction not in DIRECTIONS:
+            raise ConfigError(
+                f"study.objectives direction {obj.direction!r}; allowed {list(DIRECTIONS)}"
+            )
+    workdir = Path(study.workdir).expanduser()
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"study.workdir={study.workdir!r} exists and is not a directory")
+
+
+def _one_line(message: str) -> str:
+    lines = []
+    for line in message.strip().splitlines():
+        if line.strip().startswith(
+            ("Config search path", "full_key:", "object_type=", "reference_type=")
+        ):
+            break
+        if line.strip():
+            lines.append(line.strip())
+    return "; ".join(lines)

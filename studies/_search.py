@@ -1,0 +1,319 @@
+"""`search`: an Optuna multi-objective study driven through Ray Tune's `OptunaSearch`.
+
+The driver (this process) owns the stores: Optuna in `<workdir>/optuna.db` (only the
+driver writes), MLflow in `<workdir>/mlflow.db`. Trials run in Ray workers and report
+plain dicts; the driver tells Optuna (through the searcher) and logs MLflow (through a
+Tune callback), so a trial that dies still ends up recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
+
+from dashboards import MlflowTracker, TrialRecord
+from search_spaces import ArchConfig
+from trainers.data import prepare_data
+
+from ._config import StudySpec, VlmnasConfig
+from ._pareto import pareto_front
+from ._trial import run_trial
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def storage_url(workdir: Path) -> str:
+    return f"sqlite:///{Path(workdir).resolve() / 'optuna.db'}"
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    if spec.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=spec.population_size, seed=spec.seed)
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
+    return optuna.samplers.RandomSampler(seed=spec.seed)
+
+
+@dataclass(frozen=True)
+class FrontMember:
+    number: int
+    values: dict[str, float]
+    trial_dir: str
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    study_name: str
+    finished: int
+    complete: int
+    failed: int
+    front: list[FrontMember]
+
+
+def search(cfg: VlmnasConfig) -> SearchSummary:
+    """Run (or top up) the study to `study.n_trials` finished trials."""
+    for profile in cfg.profiles:
+        profile.check_available()
+    workdir = cfg.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    data_root = prepare_data(cfg.data, workdir)
+
+    storage = optuna.storages.RDBStorage(storage_url(workdir))
+    finished = _finished_trials(storage, cfg.study.name)
+    remaining = cfg.study.n_trials - finished
+    tracker = MlflowTracker.for_workdir(workdir)
+    parent_run = tracker.start_study(cfg.study.name, {**cfg.raw, "choices": cfg.choices})
+    print(
+        f"vlmnas: study {cfg.study.name!r} in {workdir}: {finished} trials finished,"
+        f" {max(remaining, 0)} to run (data: {data_root})",
+        flush=True,
+    )
+    failed = False
+    try:
+        if remaining > 0:
+            _run_tune(cfg, data_root, storage, remaining, tracker, parent_run)
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        tracker.end_study(parent_run, failed=failed)
+    summary = summarize(storage, cfg)
+    _write_front(cfg, summary)
+    return summary
+
+
+def _finished_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return 0
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _run_tune(
+    cfg: VlmnasConfig,
+    data_root: Path,
+    storage: optuna.storages.BaseStorage,
+    num_samples: int,
+    tracker: MlflowTracker,
+    parent_run: str,
+) -> None:
+    # Per-epoch reports carry val_accuracy only (for schedulers); the objectives come
+    # with the final report. Ray's documented switch lets such reports through.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="ERROR",
+            configure_logging=True,
+        )
+    objectives = cfg.study.objectives
+    searcher = _StudySearch(
+        space=_DefineByRun(cfg),
+        metric=[o.metric for o in objectives],
+        mode=["max" if o.direction == "maximize" else "min" for o in objectives],
+        sampler=make_sampler(cfg.study),
+        storage=storage,
+        study_name=cfg.study.name,
+        seed=cfg.study.seed,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, cfg=cfg, data_root=data_root),
+        {"cpu": cfg.study.cpus_per_trial},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=num_samples,
+            max_concurrent_trials=cfg.study.max_concurrent,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.study.name,
+            storage_path=str(cfg.workdir / "ray"),
+            callbacks=[_TrackTrials(tracker, cfg, parent_run)],
+            verbose=0,
+        ),
+    )
+    tuner.fit()
+
+
+class _DefineByRun:
+    """The searcher's space: samples an `ArchConfig` on an Optuna trial.
+
+    A module-level class (not a closure) because Ray checkpoints the searcher by pickling.
+    Constants ride along in the Ray config: the trial number names the trial's folder and
+    MLflow run; the full `ArchConfig` spares workers re-deriving it.
+    """
+
+    def __init__(self, cfg: VlmnasConfig) -> None:
+        self.space = cfg.space
+        self.quant = {p.name: p.quant_schemes for p in cfg.profiles}
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        arch = self.space.sample(trial, self.quant)
+        return {"trial_number": trial.number, "arch": arch.to_dict()}
+
+
+def _trainable(config: dict[str, Any], *, cfg: VlmnasConfig, data_root: Path) -> None:
+    """Ray Tune function trainable: one trial. Errors become a reported `error` field."""
+    arch = ArchConfig.from_dict(config["arch"])
+    try:
+        outcome = run_trial(
+            arch, config["trial_number"], cfg, data_root, report=lambda _e, m: tune.report(m)
+        )
+    except Exception as exc:  # recorded as a FAIL trial with its reason; the study goes on
+        tune.report(
+            {
+                "error": f"{type(exc).__name__}: {exc}"[:1000],
+                "traceback": traceback.format_exc()[-4000:],
+            }
+        )
+        return
+    tune.report({**outcome.metrics, "vlmnas": {"info": outcome.info, "series": outcome.series}})
+
+
+def _objective_values(result: dict[str, Any] | None, metrics: list[str]) -> list[float] | None:
+    if not result or "error" in result:
+        return None
+    values = [result.get(m) for m in metrics]
+    if all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+        return [float(v) for v in values]  # type: ignore[arg-type]
+    return None
+
+
+def _failure_reason(result: dict[str, Any] | None, metrics: list[str]) -> str:
+    if not result:
+        return "trial ended without reporting"
+    if "error" in result:
+        return str(result["error"])
+    bad = {m: result.get(m) for m in metrics}
+    return f"objective values missing or not finite: {bad}"
+
+
+class _StudySearch(OptunaSearch):  # type: ignore[misc]
+    """`OptunaSearch` that never leaves an Optuna trial RUNNING.
+
+    Stock `OptunaSearch` passes a NaN or missing multi-objective value to `study.tell`,
+    which raises; it logs a warning and the trial stays RUNNING. Here such a trial, or
+    one that reported an `error`, is told as FAIL with the reason in its user
+    attributes; every trial gets `arch_id` and `trial_dir` when it reported them.
+    """
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        values = None if error else _objective_values(result, list(self.metric))
+        info = (result or {}).get("vlmnas", {}).get("info", {})
+        for key in ("arch_id", "trial_dir"):
+            if key in info:
+                ot_trial.set_user_attr(key, info[key])
+        if values is None:
+            ot_trial.set_user_attr("fail_reason", _failure_reason(result, list(self.metric)))
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        else:
+            self._ot_study.tell(ot_trial, values, state=TrialState.COMPLETE)
+        self._completed_trials.add(trial_id)
+
+
+class _TrackTrials(Callback):  # type: ignore[misc]
+    """Logs each finished trial to MLflow and prints one progress line."""
+
+    def __init__(self, tracker: MlflowTracker, cfg: VlmnasConfig, parent_run: str) -> None:
+        self.tracker = tracker
+        self.cfg = cfg
+        self.parent_run = parent_run
+        self.metrics = [o.metric for o in cfg.study.objectives]
+        self.start = time.monotonic()
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._log(trial, trial.last_result, None)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._log(
+            trial, trial.last_result, str(getattr(trial, "error_msg", None) or "trial raised")
+        )
+
+    def _log(self, trial: Any, result: dict[str, Any] | None, error: str | None) -> None:
+        config = trial.config
+        number = int(config["trial_number"])
+        arch = ArchConfig.from_dict(config["arch"])
+        values = None if error else _objective_values(result, self.metrics)
+        extra = (result or {}).get("vlmnas", {})
+        info = extra.get("info", {})
+        metrics = {
+            k: float(v)
+            for k, v in (result or {}).items()
+            if ("/" in k or k in ("val_accuracy", "params", "train_s"))
+            and isinstance(v, int | float)
+        }
+        tags = {"arch_id": arch.arch_id, "trial_number": str(number)}
+        tags.update({k: v for k, v in info.items() if k.endswith("latency_source")})
+        if values is None:
+            tags["fail_reason"] = error or _failure_reason(result, self.metrics)
+        trial_dir = Path(info.get("trial_dir", self.cfg.study_dir / "trials" / str(number)))
+        record = TrialRecord(
+            number=number,
+            state="complete" if values is not None else "failed",
+            params={k: v for k, v in config.items() if k not in ("arch", "trial_number")},
+            metrics=metrics,
+            tags=tags,
+            artifacts=(trial_dir / "config.yaml", trial_dir / "metrics.json"),
+            series=extra.get("series", {}),
+        )
+        self.tracker.log_trial(self.cfg.study.name, self.parent_run, record)
+        shown = ", ".join(f"{m}={metrics[m]:.4g}" for m in self.metrics if m in metrics)
+        status = "complete" if values is not None else f"FAILED ({tags['fail_reason'][:200]})"
+        elapsed = time.monotonic() - self.start
+        print(f"vlmnas: trial {number} {status} {shown} [{elapsed:.0f}s]", flush=True)
+
+
+def summarize(storage: optuna.storages.BaseStorage, cfg: VlmnasConfig) -> SearchSummary:
+    study = optuna.load_study(study_name=cfg.study.name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    names = [o.metric for o in cfg.study.objectives]
+    directions = [o.direction for o in cfg.study.objectives]
+    front_idx = pareto_front([t.values for t in complete], directions)
+    front = [
+        FrontMember(
+            complete[i].number,
+            dict(zip(names, complete[i].values, strict=True)),
+            str(complete[i].user_attrs.get("trial_dir", "")),
+        )
+        for i in front_idx
+    ]
+    return SearchSummary(
+        study_name=cfg.study.name,
+        finished=sum(t.state in FINISHED for t in trials),
+        complete=len(complete),
+        failed=sum(t.state == TrialState.FAIL for t in trials),
+        front=front,
+    )
+
+
+def _write_front(cfg: VlmnasConfig, summary: SearchSummary) -> None:
+    cfg.study_dir.mkdir(parents=True, exist_ok=True)
+    path = cfg.study_dir / "pareto.json"
+    tmp = path.with_name(".pareto.json.tmp")
+    tmp.write_text(json.dumps([m.__dict__ for m in summary.front], indent=1))
+    os.replace(tmp, path)

@@ -1,0 +1,122 @@
+"""`run_trial`: the one place where a trial's steps are ordered.
+
+1. Cheap objectives first: build the untrained model, export, quantize per profile,
+   measure latency and size.
+2. Train for the trial's budget, reporting validation accuracy every epoch.
+3. Export the trained model, quantize it per profile, and measure `<profile>/accuracy`
+   by running it on that profile's runtime over the validation set.
+4. Write the trial's folder (config.yaml, metrics.json, models) and return the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hardware_profiles import evaluate, export_onnx, measure, quantize, size_mb
+from search_spaces import ArchConfig, build_model
+from trainers import fit
+from trainers.data import ImageCache, VQAData, encode_eval
+
+from ._config import VlmnasConfig
+
+Report = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    metrics: dict[str, float]  # the names of ARCHITECTURE.md: "<profile>/<metric>", ...
+    series: dict[str, list[float]]  # per-epoch values
+    info: dict[str, str]  # latency_source per profile, paths
+
+
+def run_trial(
+    arch: ArchConfig, number: int, cfg: VlmnasConfig, data_root: Path, report: Report | None = None
+) -> TrialOutcome:
+    trial_dir = cfg.study_dir / "trials" / str(number)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    data = VQAData.load(data_root)
+    tok = data.tokenizer
+    images = ImageCache()
+    val = encode_eval(data.val, tok, arch, data.text_len, images)
+    metrics: dict[str, float] = {}
+    info: dict[str, str] = {"trial_dir": str(trial_dir), "arch_id": arch.arch_id}
+
+    # 1. Cheap objectives on the untrained candidate: latency and size do not depend on
+    #    the weights' values, only on the graph and the scheme.
+    untrained = build_model(
+        arch, vocab_size=len(tok), max_text_len=data.text_len, image_token_id=tok.image_id
+    )
+    metrics["params"] = float(sum(p.numel() for p in untrained.parameters()))
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(untrained, Path(tmp) / "model.onnx", val)
+        for profile in cfg.profiles:
+            scheme = arch.quant_for(profile.name)
+            model_file = quantize(fp32, scheme, Path(tmp) / f"{profile.name}_{scheme}.onnx")
+            latency = measure(model_file, profile, val)
+            metrics[f"{profile.name}/latency_p50_ms"] = latency.p50_ms
+            metrics[f"{profile.name}/latency_p95_ms"] = latency.p95_ms
+            metrics[f"{profile.name}/latency_cv"] = latency.cv
+            metrics[f"{profile.name}/size_mb"] = size_mb(model_file)
+            info[f"{profile.name}/latency_source"] = latency.source
+            info[f"{profile.name}/runtime"] = latency.runtime
+            info["cpu"] = latency.cpu
+
+    # 2. Train.
+    result = fit(arch, data, cfg.trainer, trial_dir, report=report, images=images)
+    metrics["val_accuracy"] = result.metrics["val_accuracy"]
+    metrics["train_s"] = result.metrics["train_s"]
+
+    # 3. Accuracy on each profile's runtime, with the scheme that profile deploys.
+    fp32 = export_onnx(result.model, trial_dir / "model_fp32.onnx", val)
+    for profile in cfg.profiles:
+        scheme = arch.quant_for(profile.name)
+        model_file = quantize(fp32, scheme, trial_dir / f"model_{profile.name}_{scheme}.onnx")
+        start = time.perf_counter()
+        metrics[f"{profile.name}/accuracy"] = evaluate(
+            model_file, profile, val, data.max_answer_tokens
+        )
+        metrics[f"{profile.name}/eval_s"] = time.perf_counter() - start
+        info[f"{profile.name}/model"] = str(model_file)
+
+    # 4. The trial's folder: enough to rebuild, retrain and rerun it.
+    trial_config = {
+        "arch": arch.to_dict(),
+        "arch_id": arch.arch_id,
+        "weights_id": arch.weights_id,
+        "trainer": asdict(cfg.trainer),
+        "data": {
+            "root": str(data_root),
+            "text_len": data.text_len,
+            "max_answer_tokens": data.max_answer_tokens,
+        },
+        "study": {"name": cfg.study.name, "trial_number": number},
+    }
+    _write_atomic(trial_dir / "config.yaml", yaml.safe_dump(trial_config, sort_keys=False))
+    _write_atomic(
+        trial_dir / "metrics.json",
+        json.dumps(
+            {"metrics": metrics, "val_accuracy_history": result.val_accuracy_history, "info": info},
+            indent=1,
+        ),
+    )
+    return TrialOutcome(metrics, {"val_accuracy": result.val_accuracy_history}, info)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def outcome_to_report(outcome: TrialOutcome) -> dict[str, Any]:
+    """The flat dict a trial reports to Ray Tune (metrics plus string info)."""
+    return {**outcome.metrics, "info": dict(outcome.info), "series": dict(outcome.series)}

@@ -1,0 +1,59 @@
+"""The `vlmnas` command: `vlmnas <command> [hydra overrides ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+COMMANDS = {
+    "search": "run (or resume) the study: sample, train, measure, keep the Pareto front",
+    "export": "write the study's Pareto-optimal trials to <workdir>/<study>/export/",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vlmnas",
+        description="Hardware-aware architecture search for LLaVA-NeXT-style VLMs.",
+        epilog="Overrides are Hydra syntax, e.g. study.name=demo study.n_trials=8 hardware=[cpu]",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("overrides", nargs="*", help="Hydra overrides (key=value)")
+    args = parser.parse_args(argv)
+
+    from hardware_profiles import ProfileError
+    from search_spaces import SearchSpaceError
+    from trainers.data import DataError
+
+    from ._config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.overrides)
+        if args.command == "search":
+            from ._search import search
+
+            summary = search(cfg)
+            print(
+                f"vlmnas: study {summary.study_name!r}: {summary.finished} finished"
+                f" ({summary.complete} complete, {summary.failed} failed);"
+                f" Pareto front of {len(summary.front)}:"
+            )
+            for m in summary.front:
+                values = "  ".join(f"{k}={v:.4g}" for k, v in m.values.items())
+                print(f"  trial {m.number:>3}  {values}")
+        elif args.command == "export":
+            from ._export import export_study
+
+            for path in export_study(cfg):
+                print(f"vlmnas: exported {path}")
+    except (ConfigError, DataError, SearchSpaceError, ProfileError, FileExistsError) as exc:
+        print(f"vlmnas: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Train one candidate with PyTorch Lightning: answer-token LM loss, exact-match accuracy."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchmetrics
+
+from search_spaces import (
+    ArchConfig,
+    EncodedVQA,
+    LlavaNextModel,
+    build_model,
+    exact_match,
+    greedy_decode,
+)
+
+from .data import ImageCache, VQAData, encode_eval, encode_train
+
+EpochReport = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainerConfig:
+    """The `trainer` config group: the training budget and recipe of every trial."""
+
+    max_epochs: int = 4
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    seed: int = 0
+    threads: int = 2  # torch intra-op threads; 2 = all of the reference machine's cores
+    val_batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("max_epochs", "batch_size", "threads", "val_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name}={getattr(self, name)}: must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"trainer.lr={self.lr}: must be > 0")
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    model: LlavaNextModel
+    metrics: dict[str, float]
+    val_accuracy_history: list[float] = field(default_factory=list)
+
+
+class ExactMatchAccuracy(torchmetrics.Metric):
+    """Share of answers whose greedy decoding equals the reference exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", default=torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, matches: torch.Tensor) -> None:
+        self.correct += matches.sum()
+        self.total += matches.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.correct.float() / self.total.clamp(min=1)
+
+
+def torch_forward(
+    model: torch.nn.Module,
+) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """Wrap a model as the numpy `forward` that `greedy_decode` expects."""
+
+    def forward(pixels: np.ndarray, mask: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(
+                torch.from_numpy(pixels), torch.from_numpy(mask), torch.from_numpy(ids)
+            ).numpy()
+
+    return forward
+
+
+class VQAModule(L.LightningModule):
+    def __init__(self, model: LlavaNextModel, cfg: TrainerConfig, max_answer_tokens: int) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.max_answer_tokens = max_answer_tokens
+        self.val_accuracy = ExactMatchAccuracy()
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        pixels, mask, ids, labels = batch
+        logits = self.model(pixels, mask, ids)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):  # type: ignore[no-untyped-def]
+        # Validation batches are numpy `EncodedVQA` for the runtime-neutral decoder; CPU only.
+        if isinstance(batch, EncodedVQA):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def validation_step(self, batch: EncodedVQA, batch_idx: int) -> None:
+        predicted = greedy_decode(torch_forward(self.model), batch, self.max_answer_tokens)
+        self.val_accuracy.update(torch.from_numpy(exact_match(predicted, batch)))
+        self.log("val_accuracy", self.val_accuracy, on_step=False, on_epoch=True)
+
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        opt = torch.optim.AdamW(
+            self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = max(int(total * self.cfg.warmup_fraction), 1)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class _ReportEpochs(L.Callback):
+    def __init__(self, report: EpochReport | None) -> None:
+        self.report = report
+        self.history: list[float] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        acc = float(trainer.callback_metrics["val_accuracy"])
+        self.history.append(acc)
+        if self.report is not None:
+            loss = trainer.callback_metrics.get("train_loss")
+            metrics = {"val_accuracy": acc, "epoch": trainer.current_epoch + 1}
+            if loss is not None:
+                metrics["train_loss"] = float(loss)
+            self.report(trainer.current_epoch + 1, metrics)
+
+
+def fit(
+    arch: ArchConfig,
+    data: VQAData,
+    cfg: TrainerConfig,
+    out_dir: Path,
+    *,
+    report: EpochReport | None = None,
+    images: ImageCache | None = None,
+) -> TrainResult:
+    """Train `arch` on `data` for `cfg.max_epochs`; writes `model.pt` and `tokenizer.json`.
+
+    `report(epoch, {"val_accuracy": ...})` is called after every epoch's validation, so a
+    scheduler can stop the trial early.
+    """
+    torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    images = images or ImageCache()
+    tok = data.tokenizer
+    model = build_model(
+        arch, vocab_size=len(tok), max_text_len=data.text_len, image_token_id=tok.image_id
+    )
+    train_set = encode_train(data.train, tok, arch, data.text_len, images)
+    val_set = encode_eval(data.val, tok, arch, data.text_len, images)
+    val_batches = [
+        val_set.slice(i, i + cfg.val_batch_size) for i in range(0, len(val_set), cfg.val_batch_size)
+    ]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = torch.utils.data.DataLoader(
+        train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=False
+    )
+    val_loader = torch.utils.data.DataLoader(val_batches, batch_size=None, collate_fn=_identity)
+
+    module = VQAModule(model, cfg, data.max_answer_tokens)
+    epochs = _ReportEpochs(report)
+    trainer = L.Trainer(
+        max_epochs=cfg.max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[epochs],
+    )
+    start = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader)
+    train_s = time.perf_counter() - start
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / "model.pt"
+    torch.save(model.state_dict(), checkpoint)
+    (out_dir / "tokenizer.json").write_text(tok.to_json())
+    metrics = {
+        "val_accuracy": epochs.history[-1] if epochs.history else float("nan"),
+        "train_s": train_s,
+        "epochs": float(trainer.current_epoch),
+    }
+    return TrainResult(checkpoint, model.eval(), metrics, epochs.history)
+
+
+def _identity(x: EncodedVQA) -> EncodedVQA:
+    return x

@@ -1,0 +1,119 @@
+"""Data for every trial: the shapes-VQA generator and the LLaVA-JSON dataset."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._llava import (
+    DataError,
+    ImageCache,
+    Record,
+    WordTokenizer,
+    conversation_ids,
+    encode_eval,
+    encode_train,
+    load_llava_json,
+    records_text,
+)
+from ._shapes import ShapesVQAConfig, generate_shapes_vqa
+
+DATASETS = ("shapes_vqa", "llava")
+
+
+@dataclass
+class DataConfig:
+    """The `data` config group.
+
+    `name=shapes_vqa` generates the embedded data set (into `root`, default
+    `<workdir>/data/shapes_vqa-s<seed>-<train>x<val>`); `name=llava` reads `root`.
+    """
+
+    name: str = "shapes_vqa"
+    root: str | None = None
+    seed: int = 0
+    train_images: int = 1500
+    val_images: int = 200
+
+
+def prepare_data(cfg: DataConfig, workdir: Path) -> Path:
+    """Make the data set available and validated; returns its root. Raises `DataError`."""
+    if cfg.name not in DATASETS:
+        raise DataError(f"data.name={cfg.name!r} unknown; allowed {list(DATASETS)}")
+    if cfg.name == "shapes_vqa":
+        gen = ShapesVQAConfig(
+            seed=cfg.seed, train_images=cfg.train_images, val_images=cfg.val_images
+        )
+        if gen.train_images < 1 or gen.val_images < 1:
+            raise DataError("data.train_images and data.val_images must be >= 1")
+        default = workdir / "data" / f"shapes_vqa-s{cfg.seed}-{cfg.train_images}x{cfg.val_images}"
+        root = Path(cfg.root) if cfg.root else default
+        generate_shapes_vqa(root, gen)
+    else:
+        if not cfg.root:
+            raise DataError(
+                "data=llava needs data.root=DIR (a folder with train.json, val.json, images)"
+            )
+        root = Path(cfg.root).expanduser().resolve()
+        if not root.is_dir():
+            raise DataError(f"data.root={cfg.root!r} is not a directory")
+    VQAData.load(root)  # validates every record before any trial starts
+    return root.resolve()
+
+
+@dataclass(frozen=True)
+class VQAData:
+    """A loaded data set with its tokenizer and the text shapes models are built for."""
+
+    root: Path
+    train: list[Record]
+    val: list[Record]
+    tokenizer: WordTokenizer
+    text_len: int  # longest conversation in tokens: the model's static text length
+    max_answer_tokens: int  # longest answer + its end token
+
+    @classmethod
+    def load(cls, root: Path, tokenizer: WordTokenizer | None = None) -> VQAData:
+        train = load_llava_json(root, "train")
+        val = load_llava_json(root, "val")
+        tok = tokenizer or WordTokenizer.build(records_text(train))
+        lengths = [len(conversation_ids(tok, r)[0]) for r in train + val]
+        answers = [len(tok.encode(a)) for r in train + val for _, a in r.turns]
+        return cls(Path(root), train, val, tok, max(lengths), max(answers) + 1)
+
+    def prior_baseline(self) -> float:
+        """Accuracy of a blind guesser: the most common training answer per question kind.
+
+        This is the chance level to beat; it uses `question_kinds` where the data carry it,
+        else the single most common training answer.
+        """
+        by_kind: dict[str | None, Counter[str]] = {}
+        for r in self.train:
+            for k, (_, a) in zip(r.kinds or [None] * len(r.turns), r.turns, strict=True):
+                by_kind.setdefault(k, Counter())[a.lower().strip()] += 1
+        overall = sum(by_kind.values(), Counter()).most_common(1)[0][0]
+        hits = total = 0
+        for r in self.val:
+            for k, (_, a) in zip(r.kinds or [None] * len(r.turns), r.turns, strict=True):
+                guess = by_kind[k].most_common(1)[0][0] if k in by_kind else overall
+                hits += guess == a.lower().strip()
+                total += 1
+        return hits / total
+
+
+__all__ = [
+    "DATASETS",
+    "DataConfig",
+    "DataError",
+    "ImageCache",
+    "Record",
+    "ShapesVQAConfig",
+    "VQAData",
+    "WordTokenizer",
+    "encode_eval",
+    "encode_train",
+    "generate_shapes_vqa",
+    "load_llava_json",
+    "prepare_data",
+]

@@ -1,0 +1,217 @@
+"""Seeded shapes-VQA generator writing a LLaVA-Instruct-format dataset.
+
+Each image (varied aspect ratios) holds 1-4 non-overlapping objects with a colour,
+a shape, a size and a position. Each record asks three questions of different kinds:
+
+- attribute: "what color is the circle?" / "what shape is the red object?" /
+  "what size is the red circle?"
+- counting: "how many circles are there?" (answers zero..four)
+- spatial relation: "where is the red circle relative to the blue square?"
+  (left / right / above / below, only asked when the offset is unambiguous)
+- existence: "is there a green triangle?" (yes / no, balanced)
+
+Output: `<root>/train.json`, `<root>/val.json`, `<root>/images/<split>_<i>.png`, and
+`<root>/manifest.json` with the generator parameters. Same seed, same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 60),
+    "blue": (50, 90, 230),
+    "yellow": (235, 210, 40),
+    "purple": (160, 60, 200),
+    "white": (240, 240, 240),
+}
+SHAPES = ("circle", "square", "triangle")
+SIZES = {"small": 5, "large": 10}  # half-extent in pixels
+CANVASES = ((64, 64), (96, 64), (64, 96), (128, 64), (64, 128), (96, 96))  # (width, height)
+NUMBERS = ("zero", "one", "two", "three", "four")
+QUESTION_KINDS = ("attribute", "counting", "spatial", "existence")
+_BACKGROUND = (30, 30, 36)
+
+
+@dataclass(frozen=True)
+class ShapesVQAConfig:
+    seed: int = 0
+    train_images: int = 1500
+    val_images: int = 200
+    questions_per_image: int = 3
+    max_objects: int = 4
+
+
+@dataclass(frozen=True)
+class _Obj:
+    color: str
+    shape: str
+    size: str
+    x: int
+    y: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.shape}"
+
+
+def generate_shapes_vqa(root: Path, config: ShapesVQAConfig) -> Path:
+    """Write the dataset to `root` atomically (build in a temp dir, then rename).
+
+    An existing `root` whose manifest matches `config` is reused as is.
+    """
+    root = Path(root)
+    manifest = {"generator": "shapes_vqa", **asdict(config)}
+    if (root / "manifest.json").is_file():
+        if json.loads((root / "manifest.json").read_text()) == manifest:
+            return root
+        raise FileExistsError(f"{root} holds a different dataset; remove it or choose another root")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        (tmp / "images").mkdir()
+        rng = np.random.default_rng(config.seed)
+        for split, count in (("train", config.train_images), ("val", config.val_images)):
+            records = [_make_record(rng, tmp, f"{split}_{i:05d}", config) for i in range(count)]
+            (tmp / f"{split}.json").write_text(json.dumps(records, indent=1))
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _make_record(
+    rng: np.random.Generator, root: Path, ident: str, config: ShapesVQAConfig
+) -> dict[str, Any]:
+    width, height = CANVASES[rng.integers(len(CANVASES))]
+    objects = _place_objects(rng, width, height, int(rng.integers(1, config.max_objects + 1)))
+    image = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for obj in objects:
+        _draw(draw, obj)
+    rel_path = f"images/{ident}.png"
+    image.save(root / rel_path)
+
+    kinds = [str(k) for k in rng.permutation(QUESTION_KINDS)[: config.questions_per_image]]
+    conversations, asked = [], []
+    for turn, kind in enumerate(kinds):
+        question, answer, asked_kind = _QUESTIONS[kind](rng, objects)
+        if turn == 0:
+            question = "<image>\n" + question
+        conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+        asked.append(asked_kind)
+    # `question_kinds` is an extra key (LLaVA records carry extras such as "model");
+    # loaders ignore it, reports use it for per-kind accuracy and chance level.
+    return {"id": ident, "image": rel_path, "conversations": conversations, "question_kinds": asked}
+
+
+def _place_objects(rng: np.random.Generator, width: int, height: int, count: int) -> list[_Obj]:
+    objects: list[_Obj] = []
+    for _ in range(count * 20):
+        if len(objects) == count:
+            break
+        size = str(rng.choice(list(SIZES)))
+        r = SIZES[size]
+        x = int(rng.integers(r + 1, width - r - 1))
+        y = int(rng.integers(r + 1, height - r - 1))
+        if any(
+            abs(x - o.x) < r + SIZES[o.size] + 3 and abs(y - o.y) < r + SIZES[o.size] + 3
+            for o in objects
+        ):
+            continue
+        color = str(rng.choice(list(COLORS)))
+        shape = str(rng.choice(SHAPES))
+        if any(o.color == color and o.shape == shape for o in objects):
+            continue  # keep "the red circle" unambiguous
+        objects.append(_Obj(color, shape, size, x, y))
+    return objects
+
+
+def _draw(draw: ImageDraw.ImageDraw, obj: _Obj) -> None:
+    r, fill = SIZES[obj.size], COLORS[obj.color]
+    box = (obj.x - r, obj.y - r, obj.x + r, obj.y + r)
+    if obj.shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif obj.shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon(
+            [(obj.x, obj.y - r), (obj.x - r, obj.y + r), (obj.x + r, obj.y + r)], fill=fill
+        )
+
+
+_QA = tuple[str, str, str]  # question, answer, kind actually asked
+
+
+def _attribute(rng: np.random.Generator, objects: list[_Obj]) -> _QA:
+    obj = objects[rng.integers(len(objects))]
+    unique_shape = sum(o.shape == obj.shape for o in objects) == 1
+    unique_color = sum(o.color == obj.color for o in objects) == 1
+    options = ["size"]
+    if unique_shape:
+        options.append("color")
+    if unique_color:
+        options.append("shape")
+    ask = options[rng.integers(len(options))]
+    if ask == "color":
+        return f"what color is the {obj.shape}?", obj.color, "attribute"
+    if ask == "shape":
+        return f"what shape is the {obj.color} object?", obj.shape, "attribute"
+    return f"what size is the {obj.name}?", obj.size, "attribute"
+
+
+def _counting(rng: np.random.Generator, objects: list[_Obj]) -> _QA:
+    if rng.random() < 0.5:
+        shape = SHAPES[rng.integers(len(SHAPES))]
+        count = sum(o.shape == shape for o in objects)
+        return f"how many {shape}s are there?", NUMBERS[count], "counting"
+    return "how many objects are there?", NUMBERS[len(objects)], "counting"
+
+
+def _spatial(rng: np.random.Generator, objects: list[_Obj]) -> _QA:
+    pairs = [
+        (a, b)
+        for a in objects
+        for b in objects
+        if a is not b
+        and max(abs(a.x - b.x), abs(a.y - b.y)) >= 12
+        and abs(abs(a.x - b.x) - abs(a.y - b.y)) >= 6
+    ]
+    if not pairs:
+        return _existence(rng, objects)
+    a, b = pairs[rng.integers(len(pairs))]
+    dx, dy = a.x - b.x, a.y - b.y
+    if abs(dx) > abs(dy):
+        answer = "left" if dx < 0 else "right"
+    else:
+        answer = "above" if dy < 0 else "below"
+    return f"where is the {a.name} relative to the {b.name}?", answer, "spatial"
+
+
+def _existence(rng: np.random.Generator, objects: list[_Obj]) -> _QA:
+    if rng.random() < 0.5:
+        obj = objects[rng.integers(len(objects))]
+        return f"is there a {obj.name}?", "yes", "existence"
+    present = {(o.color, o.shape) for o in objects}
+    absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
+    color, shape = absent[rng.integers(len(absent))]
+    return f"is there a {color} {shape}?", "no", "existence"
+
+
+_QUESTIONS = {
+    "attribute": _attribute,
+    "counting": _counting,
+    "spatial": _spatial,
+    "existence": _existence,
+}

@@ -7,7 +7,7 @@ N = T * P image tokens, S = L - 1 + N spliced sequence, D LM width, V vocabulary
 - `tile_mask`: (B, T) float32, 1 for real tiles, 0 for padding tiles
 - `input_ids`: (B, L) int64, exactly one `<image>` token per row, right-padded
 - returns `logits`: (B, L, V), one row per *text* position: the logits at the
-  `<image>` position are those of the last image token, so `logits[:, t]` always
+  `<image>` position are those of the last real image token, so `logits[:, t]` always
   predicts `input_ids[:, t + 1]` and decoding never needs to know N.
 
 Attention is written out (matmul + softmax) rather than `scaled_dot_product_attention`
@@ -110,6 +110,9 @@ class LlavaNextModel(nn.Module):
         )
         self.norm = nn.LayerNorm(d)
         self.lm_head = nn.Linear(d, vocab_size)
+        # GPT-2 init: with nn.Embedding's N(0, 1) default, text residuals start ~10x
+        # larger than anything attention adds, and the image signal is drowned out.
+        nn.init.normal_(self.embed.weight, std=0.02)
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, t, t) -> image tokens in LM width (B, T*P, D)."""
@@ -149,9 +152,15 @@ class LlavaNextModel(nn.Module):
             x = block(x, bias)
 
         # Back to text coordinates: text position i sits at i before the image and at
-        # i + N - 1 from it on (the <image> slot maps to the last image token).
+        # i + N - 1 after it; the <image> slot maps to the last *real* image token
+        # (padding tiles come last and must not leak into any output).
         text_pos = torch.arange(length, device=input_ids.device).unsqueeze(0)
-        out_pos = torch.where(text_pos < img_pos, text_pos, text_pos + n - 1)
+        last_real = img_pos + image_valid.sum(1, keepdim=True).to(torch.int64) - 1
+        out_pos = torch.where(
+            text_pos < img_pos,
+            text_pos,
+            torch.where(text_pos == img_pos, last_real, text_pos + n - 1),
+        )
         x = torch.gather(x, 1, out_pos.unsqueeze(-1).expand(b, -1, x.shape[-1]))
         return self.lm_head(self.norm(x))
 

@@ -186,7 +186,11 @@ def _trainable(config: dict[str, Any], *, cfg: VlmnasConfig, data_root: Path) ->
             }
         )
         return
-    tune.report({**outcome.metrics, "vlmnas": {"info": outcome.info, "series": outcome.series}})
+    # Flat keys only: Ray hands searchers a flattened copy of the result and callbacks
+    # the original, and both must read the same names.
+    tune.report(
+        {**outcome.metrics, **outcome.info, "val_accuracy_history": outcome.series["val_accuracy"]}
+    )
 
 
 def _objective_values(result: dict[str, Any] | None, metrics: list[str]) -> list[float] | None:
@@ -223,10 +227,9 @@ class _StudySearch(OptunaSearch):  # type: ignore[misc]
             return
         ot_trial = self._ot_trials[trial_id]
         values = None if error else _objective_values(result, list(self.metric))
-        info = (result or {}).get("vlmnas", {}).get("info", {})
         for key in ("arch_id", "trial_dir"):
-            if key in info:
-                ot_trial.set_user_attr(key, info[key])
+            if key in (result or {}):
+                ot_trial.set_user_attr(key, result[key])
         if values is None:
             ot_trial.set_user_attr("fail_reason", _failure_reason(result, list(self.metric)))
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
@@ -257,20 +260,19 @@ class _TrackTrials(Callback):  # type: ignore[misc]
         config = trial.config
         number = int(config["trial_number"])
         arch = ArchConfig.from_dict(config["arch"])
+        result = result or {}
         values = None if error else _objective_values(result, self.metrics)
-        extra = (result or {}).get("vlmnas", {})
-        info = extra.get("info", {})
         metrics = {
             k: float(v)
-            for k, v in (result or {}).items()
+            for k, v in result.items()
             if ("/" in k or k in ("val_accuracy", "params", "train_s"))
             and isinstance(v, int | float)
         }
         tags = {"arch_id": arch.arch_id, "trial_number": str(number)}
-        tags.update({k: v for k, v in info.items() if k.endswith("latency_source")})
+        tags.update({k: str(v) for k, v in result.items() if k.endswith("latency_source")})
         if values is None:
             tags["fail_reason"] = error or _failure_reason(result, self.metrics)
-        trial_dir = Path(info.get("trial_dir", self.cfg.study_dir / "trials" / str(number)))
+        trial_dir = Path(result.get("trial_dir", self.cfg.study_dir / "trials" / str(number)))
         record = TrialRecord(
             number=number,
             state="complete" if values is not None else "failed",
@@ -278,7 +280,7 @@ class _TrackTrials(Callback):  # type: ignore[misc]
             metrics=metrics,
             tags=tags,
             artifacts=(trial_dir / "config.yaml", trial_dir / "metrics.json"),
-            series=extra.get("series", {}),
+            series={"val_accuracy": result.get("val_accuracy_history", [])},
         )
         self.tracker.log_trial(self.cfg.study.name, self.parent_run, record)
         shown = ", ".join(f"{m}={metrics[m]:.4g}" for m in self.metrics if m in metrics)

@@ -32,9 +32,9 @@ EpochReport = Callable[[int, dict[str, float]], None]
 class TrainerConfig:
     """The `trainer` config group: the training budget and recipe of every trial."""
 
-    max_epochs: int = 4
+    max_epochs: int = 8
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     seed: int = 0

@@ -33,8 +33,8 @@ class DataConfig:
     name: str = "shapes_vqa"
     root: str | None = None
     seed: int = 0
-    train_images: int = 1500
-    val_images: int = 200
+    train_images: int = 3000
+    val_images: int = 150
 
 
 def prepare_data(cfg: DataConfig, workdir: Path) -> Path:

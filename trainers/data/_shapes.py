@@ -1,14 +1,20 @@
 """Seeded shapes-VQA generator writing a LLaVA-Instruct-format dataset.
 
-Each image (varied aspect ratios) holds 1-4 non-overlapping objects with a colour,
-a shape, a size and a position. Each record asks three questions of different kinds:
+Each image (varied aspect ratios) holds 1-4 non-overlapping objects, each with its own
+colour (colours are unique within an image, so a colour names an object), a shape, a
+size and a position. Each record asks one question of each kind, in random order:
 
-- attribute: "what color is the circle?" / "what shape is the red object?" /
-  "what size is the red circle?"
-- counting: "how many circles are there?" (answers zero..four)
-- spatial relation: "where is the red circle relative to the blue square?"
-  (left / right / above / below, only asked when the offset is unambiguous)
-- existence: "is there a green triangle?" (yes / no, balanced)
+- attribute: "what shape is the red object?" / "what size is the red object?"
+- counting: "how many circles are there?" / "how many objects are there?" (zero..four)
+- spatial relation: "where is the red object relative to the blue object?"
+  (left / right / above / below, only asked when the offset is unambiguous; otherwise
+  an existence question takes its place)
+- existence: "is there a green object?" (yes / no, balanced)
+
+Referring to objects by colour keeps every question answerable from the image while
+sparing tiny models the colour-and-shape binding that needs far more training steps than
+a few-minute search can give (measured: with "the red circle"-style references, models
+stayed at the blind-guess level after 800 steps).
 
 Output: `<root>/train.json`, `<root>/val.json`, `<root>/images/<split>_<i>.png`, and
 `<root>/manifest.json` with the generator parameters. Same seed, same bytes.
@@ -46,9 +52,9 @@ _BACKGROUND = (30, 30, 36)
 @dataclass(frozen=True)
 class ShapesVQAConfig:
     seed: int = 0
-    train_images: int = 1500
-    val_images: int = 200
-    questions_per_image: int = 3
+    train_images: int = 3000
+    val_images: int = 150
+    questions_per_image: int = 4
     max_objects: int = 4
 
 
@@ -131,10 +137,9 @@ def _place_objects(rng: np.random.Generator, width: int, height: int, count: int
         ):
             continue
         color = str(rng.choice(list(COLORS)))
-        shape = str(rng.choice(SHAPES))
-        if any(o.color == color and o.shape == shape for o in objects):
-            continue  # keep "the red circle" unambiguous
-        objects.append(_Obj(color, shape, size, x, y))
+        if any(o.color == color for o in objects):
+            continue  # colours are unique, so "the red object" names one object
+        objects.append(_Obj(color, str(rng.choice(SHAPES)), size, x, y))
     return objects
 
 
@@ -156,19 +161,9 @@ _QA = tuple[str, str, str]  # question, answer, kind actually asked
 
 def _attribute(rng: np.random.Generator, objects: list[_Obj]) -> _QA:
     obj = objects[rng.integers(len(objects))]
-    unique_shape = sum(o.shape == obj.shape for o in objects) == 1
-    unique_color = sum(o.color == obj.color for o in objects) == 1
-    options = ["size"]
-    if unique_shape:
-        options.append("color")
-    if unique_color:
-        options.append("shape")
-    ask = options[rng.integers(len(options))]
-    if ask == "color":
-        return f"what color is the {obj.shape}?", obj.color, "attribute"
-    if ask == "shape":
+    if rng.random() < 0.5:
         return f"what shape is the {obj.color} object?", obj.shape, "attribute"
-    return f"what size is the {obj.name}?", obj.size, "attribute"
+    return f"what size is the {obj.color} object?", obj.size, "attribute"
 
 
 def _counting(rng: np.random.Generator, objects: list[_Obj]) -> _QA:
@@ -196,17 +191,16 @@ def _spatial(rng: np.random.Generator, objects: list[_Obj]) -> _QA:
         answer = "left" if dx < 0 else "right"
     else:
         answer = "above" if dy < 0 else "below"
-    return f"where is the {a.name} relative to the {b.name}?", answer, "spatial"
+    return f"where is the {a.color} object relative to the {b.color} object?", answer, "spatial"
 
 
 def _existence(rng: np.random.Generator, objects: list[_Obj]) -> _QA:
+    present = {o.color for o in objects}
     if rng.random() < 0.5:
-        obj = objects[rng.integers(len(objects))]
-        return f"is there a {obj.name}?", "yes", "existence"
-    present = {(o.color, o.shape) for o in objects}
-    absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
-    color, shape = absent[rng.integers(len(absent))]
-    return f"is there a {color} {shape}?", "no", "existence"
+        color = sorted(present)[rng.integers(len(present))]
+        return f"is there a {color} object?", "yes", "existence"
+    absent = [c for c in COLORS if c not in present]
+    return f"is there a {absent[rng.integers(len(absent))]} object?", "no", "existence"
 
 
 _QUESTIONS = {

@@ -1,0 +1,32 @@
+"""Shared fixtures: small generated data sets and tiny architectures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from search_spaces import ArchConfig, LanguageModelConfig, VisionTowerConfig
+from trainers.data import ShapesVQAConfig, VQAData, generate_shapes_vqa
+
+TINY_ARCH = ArchConfig(
+    vision=VisionTowerConfig(depth=1, width=32, heads=2),
+    lm=LanguageModelConfig(depth=1, width=32, heads=2),
+    grid_pinpoints=((1, 1), (1, 2), (2, 1)),
+)
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    return generate_shapes_vqa(root, ShapesVQAConfig(seed=3, train_images=64, val_images=16))
+
+
+@pytest.fixture(scope="session")
+def shapes_data(shapes_root: Path) -> VQAData:
+    return VQAData.load(shapes_root)
+
+
+@pytest.fixture
+def tiny_arch() -> ArchConfig:
+    return TINY_ARCH

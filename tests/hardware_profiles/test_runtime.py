@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from hardware_profiles import (
+    HardwareProfile,
+    ProfileError,
+    evaluate,
+    export_onnx,
+    measure,
+    quantize,
+    size_mb,
+)
+from search_spaces import build_model, decode_accuracy
+from trainers import torch_forward
+from trainers.data import ImageCache, encode_eval
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, shapes_data):
+    from tests.conftest import TINY_ARCH
+
+    torch.manual_seed(0)
+    tok = shapes_data.tokenizer
+    model = build_model(
+        TINY_ARCH,
+        vocab_size=len(tok),
+        max_text_len=shapes_data.text_len,
+        image_token_id=tok.image_id,
+    ).eval()
+    val = encode_eval(shapes_data.val, tok, TINY_ARCH, shapes_data.text_len, ImageCache())
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "m.onnx", val)
+    return model, val, path
+
+
+def test_onnx_matches_pytorch_logits(exported) -> None:
+    model, val, path = exported
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    part = val.slice(0, 5)  # batch 5, though exported at batch 1
+    (onnx_logits,) = sess.run(
+        ["logits"],
+        {
+            "pixel_values": part.pixel_values,
+            "tile_mask": part.tile_mask,
+            "input_ids": part.prompt_ids,
+        },
+    )
+    torch_logits = torch_forward(model)(part.pixel_values, part.tile_mask, part.prompt_ids)
+    np.testing.assert_allclose(onnx_logits, torch_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_accuracy_on_runtime_equals_pytorch_decode(exported, shapes_data) -> None:
+    model, val, path = exported
+    profile = HardwareProfile.load("cpu")
+    on_ort = evaluate(path, profile, val, shapes_data.max_answer_tokens)
+    on_torch = decode_accuracy(
+        torch_forward(model), val, max_new_tokens=shapes_data.max_answer_tokens
+    )
+    assert on_ort == pytest.approx(on_torch)
+
+
+def test_measure_reports_percentiles(exported) -> None:
+    _, val, path = exported
+    profile = HardwareProfile(name="cpu", threads=1, warmup=2, repeats=20, max_attempts=1)
+    report = measure(path, profile, val)
+    assert report.n == 20 and report.attempts == 1
+    assert 0 < report.p50_ms <= report.p95_ms
+    assert report.source == "measured" and "onnxruntime" in report.runtime
+    assert size_mb(path) == pytest.approx(path.stat().st_size / 1e6)
+
+
+def test_fp32_quantize_is_the_model_itself(exported, tmp_path: Path) -> None:
+    _, _, path = exported
+    assert quantize(path, "fp32", tmp_path / "x.onnx") == path
+    with pytest.raises(ProfileError, match="unknown"):
+        quantize(path, "int3", tmp_path / "x.onnx")
+
+
+def test_profile_yaml_is_validated() -> None:
+    assert HardwareProfile.load("cpu").execution_provider == "CPUExecutionProvider"
+    with pytest.raises(ProfileError, match="unknown keys \\['thread'\\]"):
+        HardwareProfile.from_mapping("cpu", {"thread": 2})
+    with pytest.raises(ProfileError, match="not found; known: \\['cpu'"):
+        HardwareProfile.load("tpu")
+    with pytest.raises(ProfileError, match="is not available"):
+        HardwareProfile(name="x", execution_provider="NoSuchExecutionProvider").check_available()

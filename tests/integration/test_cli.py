@@ -1,0 +1,186 @@
+"""Whole commands, as a user runs them: `vlmnas search`, `vlmnas export`, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnxruntime as ort
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from dashboards import tracking_uri_for
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [
+    "trainer.max_epochs=1",
+    "trainer.threads=1",
+    "data.train_images=40",
+    "data.val_images=10",
+    "study.population_size=2",
+    "search_space.lm.depth=[1]",
+    "search_space.vision.depth=[1]",
+]
+
+
+def vlmnas(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "studies.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("runs")
+    run = vlmnas("search", f"study.workdir={workdir}", "study.name=tiny", "study.n_trials=3", *TINY)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Pareto front of" in run.stdout
+    return workdir
+
+
+def test_search_records_three_complete_trials_in_optuna(searched: Path) -> None:
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{searched / 'optuna.db'}")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    for t in trials:
+        assert len(t.values) == 2 and 0 <= t.values[0] <= 1 and t.values[1] > 0
+        assert Path(t.user_attrs["trial_dir"], "config.yaml").is_file()
+
+
+def test_search_logs_one_parent_and_three_children_in_mlflow(searched: Path) -> None:
+    client = MlflowClient(tracking_uri_for(searched))
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("vlmnas.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 3
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for child in children:
+        assert {
+            "cpu/accuracy",
+            "cpu/latency_p50_ms",
+            "cpu/size_mb",
+            "val_accuracy",
+            "params",
+        } <= set(child.data.metrics)
+        assert child.data.tags["state"] == "complete" and len(child.data.tags["arch_id"]) == 12
+        assert child.data.tags["cpu/latency_source"] == "measured"
+        assert "lm.width" in child.data.params
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"config.yaml", "metrics.json"} <= artifacts
+
+
+def test_export_writes_loadable_front(searched: Path) -> None:
+    run = vlmnas("export", f"study.workdir={searched}", "study.name=tiny", *TINY)
+    assert run.returncode == 0, run.stderr
+    front = json.loads((searched / "tiny" / "pareto.json").read_text())
+    exported = sorted((searched / "tiny" / "export").iterdir())
+    assert [int(p.name) for p in exported] == sorted(m["number"] for m in front)
+    for folder in exported:
+        cfg = yaml.safe_load((folder / "config.yaml").read_text())
+        assert {"arch", "arch_id", "trainer", "data"} <= set(cfg)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["objectives"]["cpu/accuracy"] == metrics["metrics"]["cpu/accuracy"]
+        sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        assert [i.name for i in sess.get_inputs()] == ["pixel_values", "tile_mask", "input_ids"]
+
+
+def test_rerun_with_same_name_keeps_finished_trials(searched: Path) -> None:
+    run = vlmnas(
+        "search", f"study.workdir={searched}", "study.name=tiny", "study.n_trials=3", *TINY
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "3 trials finished, 0 to run" in run.stdout
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{searched / 'optuna.db'}")
+    assert len(study.get_trials()) == 3
+
+
+def test_search_on_user_llava_data(tmp_path: Path) -> None:
+    data = tmp_path / "bars"
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "bars_vqa.py"),
+            str(data),
+            "--train",
+            "40",
+            "--val",
+            "10",
+        ],
+        check=True,
+    )
+    workdir = tmp_path / "runs"
+    run = vlmnas(
+        "search",
+        "data=llava",
+        f"data.root={data}",
+        f"study.workdir={workdir}",
+        "study.name=bars",
+        "study.n_trials=2",
+        *TINY[:2],
+        *TINY[4:],
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    study = optuna.load_study(study_name="bars", storage=f"sqlite:///{workdir / 'optuna.db'}")
+    assert len([t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]) == 2
+
+
+def _bad_llava(tmp_path: Path) -> Path:
+    root = tmp_path / "bad"
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "bars_vqa.py"),
+            str(root),
+            "--train",
+            "3",
+            "--val",
+            "2",
+        ],
+        check=True,
+    )
+    records = json.loads((root / "val.json").read_text())
+    records[1]["conversations"][0]["from"] = "gpt"
+    (root / "val.json").write_text(json.dumps(records))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["data=llava"], "data.root is required"),
+        (
+            ["data=llava", "data.root=/nonexistent/dir"],
+            "data.root='/nonexistent/dir' is not a directory",
+        ),
+        (["hardware=[tpu]"], "hardware='tpu' is not a known option; allowed ['cpu']"),
+        (["search_space=huge"], "search_space='huge' is not a known option"),
+        (
+            ["study.n_trials=many"],
+            "study.n_trials: Value 'many' of type 'str' could not be converted to Integer",
+        ),
+        (["trainer.max_epochs=1.5"], "trainer.max_epochs"),
+        (["study.sampler=grid"], "study.sampler='grid'; allowed ['nsga2', 'tpe', 'random']"),
+        ("BAD_LLAVA", "val.json record 1"),
+    ],
+)
+def test_bad_input_is_one_line_before_anything_is_written(
+    tmp_path: Path, args, needle: str
+) -> None:
+    if args == "BAD_LLAVA":
+        args = ["data=llava", f"data.root={_bad_llava(tmp_path)}"]
+    workdir = tmp_path / "runs"
+    run = vlmnas("search", f"study.workdir={workdir}", *args)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vlmnas: error: "), run.stderr
+    assert needle in lines[0]
+    assert not (workdir / "optuna.db").exists() and not (workdir / "mlflow.db").exists()

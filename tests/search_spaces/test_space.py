@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import copy
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from search_spaces import ArchConfig, SearchSpace, SearchSpaceError, build_model
+from search_spaces._space import CONF_DIR
+
+
+def _raw() -> dict:
+    return yaml.safe_load((CONF_DIR / "llava_next.yaml").read_text())
+
+
+def test_space_to_config_to_model_forward_shapes() -> None:
+    space = SearchSpace.load("llava_next")
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    seen = set()
+    for _ in range(6):
+        trial = study.ask()
+        arch = space.sample(trial, {"cpu": ("fp32",)})
+        seen.add(arch.arch_id)
+        assert arch.quant_for("cpu") == "fp32"
+        model = build_model(arch, vocab_size=30, max_text_len=12, image_token_id=2)
+        t = arch.max_tiles
+        ids = torch.randint(5, 30, (2, 12))
+        ids[:, 0] = 2
+        logits = model(torch.randn(2, t, 3, 32, 32), torch.ones(2, t), ids)
+        assert logits.shape == (2, 12, 30)
+        study.tell(trial, [0.0, 0.0])
+    assert len(seen) > 1, "sampling should vary the architecture"
+
+
+def test_sampled_params_are_the_dotted_names() -> None:
+    space = SearchSpace.load("llava_next")
+    trial = optuna.create_study().ask()
+    space.sample(trial, {"cpu": ("fp32",)})
+    assert {"lm.depth", "lm.width", "vision.depth", "grid_pinpoints", "quant.cpu"} <= set(
+        trial.params
+    )
+
+
+def test_arch_id_is_stable_and_weights_id_ignores_quant() -> None:
+    a = ArchConfig(quant=(("cpu", "fp32"),))
+    b = ArchConfig.from_dict(copy.deepcopy(a.to_dict()))
+    assert a == b and a.arch_id == b.arch_id
+    c = ArchConfig(quant=(("cpu", "int8_dynamic"),))
+    assert c.arch_id != a.arch_id and c.weights_id == a.weights_id
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda d: d.update(bogus=[1]), "unknown key 'bogus'"),
+        (lambda d: d["lm"].update(depth=[]), "lm.depth is an empty choice list"),
+        (lambda d: d["lm"].update(heads=[3]), "lm.heads=3 does not divide lm.width=64"),
+        (lambda d: d["vision"].update(colour=[1]), "unknown key 'vision.colour'"),
+        (lambda d: d.update(fusion=["late"]), "fusion='late' not allowed"),
+        (lambda d: d["grid_pinpoints"].update(bad=[[0, 1]]), "grid_pinpoints.bad"),
+        (lambda d: d["lm"].update(width=["wide"]), "lm.width choice 'wide' must be int"),
+    ],
+)
+def test_bad_space_is_one_line_error_naming_key(mutate, needle: str) -> None:
+    raw = _raw()
+    mutate(raw)
+    with pytest.raises(SearchSpaceError) as err:
+        SearchSpace.from_mapping(raw, name="llava_next")
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_space_name_lists_known() -> None:
+    with pytest.raises(SearchSpaceError, match="known: \\['llava_next'\\]"):
+        SearchSpace.load("nope")

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from search_spaces import build_model
+from trainers import TrainerConfig, fit, torch_forward
+from trainers.data import ImageCache, encode_eval, encode_train
+
+
+def test_labels_cover_answers_only(shapes_data, tiny_arch) -> None:
+    ds = encode_train(
+        shapes_data.train[:4], shapes_data.tokenizer, tiny_arch, shapes_data.text_len, ImageCache()
+    )
+    _, _, ids, labels = ds.tensors
+    tok = shapes_data.tokenizer
+    row, lab = ids[0].tolist(), labels[0].tolist()
+    predicted = [row[t + 1] for t, label in enumerate(lab) if label != -100]
+    assert predicted == [label for label in lab if label != -100]
+    answers = [a for _, a in shapes_data.train[0].turns]
+    expected = []
+    for a in answers:
+        expected += tok.encode(a) + [tok.eos_id]
+    assert predicted == expected
+
+
+def test_one_training_step_lowers_loss(shapes_data, tiny_arch) -> None:
+    torch.manual_seed(0)
+    ds = encode_train(
+        shapes_data.train[:16], shapes_data.tokenizer, tiny_arch, shapes_data.text_len, ImageCache()
+    )
+    model = build_model(
+        tiny_arch,
+        vocab_size=len(shapes_data.tokenizer),
+        max_text_len=shapes_data.text_len,
+        image_token_id=2,
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    pixels, mask, ids, labels = ds.tensors
+
+    def loss() -> torch.Tensor:
+        return F.cross_entropy(
+            model(pixels, mask, ids).flatten(0, 1), labels.flatten(), ignore_index=-100
+        )
+
+    before = loss()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        assert loss().item() < before.item()
+
+
+def test_fit_reports_every_epoch_and_saves(tmp_path: Path, shapes_data, tiny_arch) -> None:
+    seen = []
+    cfg = TrainerConfig(max_epochs=2, batch_size=16, threads=1)
+    result = fit(
+        tiny_arch,
+        shapes_data,
+        cfg,
+        tmp_path,
+        report=lambda e, m: seen.append((e, m["val_accuracy"])),
+    )
+    assert [e for e, _ in seen] == [1, 2]
+    assert result.val_accuracy_history == [a for _, a in seen]
+    assert (tmp_path / "model.pt").is_file() and (tmp_path / "tokenizer.json").is_file()
+    # the reported accuracy is the exact-match rate of greedy decoding
+    val = encode_eval(
+        shapes_data.val, shapes_data.tokenizer, tiny_arch, shapes_data.text_len, ImageCache()
+    )
+    from search_spaces import decode_accuracy
+
+    acc = decode_accuracy(
+        torch_forward(result.model), val, max_new_tokens=shapes_data.max_answer_tokens
+    )
+    assert np.isclose(acc, result.metrics["val_accuracy"], atol=1e-6)
+
+
+def test_fit_is_seeded(tmp_path: Path, shapes_data, tiny_arch) -> None:
+    cfg = TrainerConfig(max_epochs=1, batch_size=16, threads=1, seed=5)
+    a = fit(tiny_arch, shapes_data, cfg, tmp_path / "a")
+    b = fit(tiny_arch, shapes_data, cfg, tmp_path / "b")
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)

@@ -33,12 +33,13 @@ class HardwareProfile:
     runtime: str = "onnxruntime"
     execution_provider: str = "CPUExecutionProvider"
     provider_options: tuple[tuple[str, str], ...] = ()
-    threads: int = 2
+    threads: int = 1
     batch: int = 1
     quant_schemes: tuple[str, ...] = ("fp32",)
     latency_source: str = "measured"
     warmup: int = 10
-    repeats: int = 50
+    repeats: int = 50  # timed runs per attempt, at least
+    min_time_s: float = 1.0  # and at least this long
     max_cv: float = 0.05  # re-measure while the coefficient of variation is above this
     max_attempts: int = 3
     eval_batch: int = 64  # rows per run when measuring accuracy on the runtime

@@ -93,7 +93,8 @@ class LatencyReport:
 
 
 def measure(onnx_path: Path, profile: HardwareProfile, example: EncodedVQA) -> LatencyReport:
-    """Time one forward pass: warm-up, `repeats` timed runs, re-measured while cv > max_cv.
+    """Time one forward pass: warm-up, then timed runs (at least `repeats` and at least
+    `min_time_s` seconds), re-measured while cv > max_cv.
 
     The attempt with the lowest cv is reported. The caller guarantees that nothing else
     runs on the cores meanwhile (the study measures one candidate at a time).
@@ -106,8 +107,10 @@ def measure(onnx_path: Path, profile: HardwareProfile, example: EncodedVQA) -> L
         attempts += 1
         for _ in range(profile.warmup):
             sess.run(None, feeds)
-        times = []
-        for _ in range(profile.repeats):
+        times: list[float] = []
+        # At least `repeats` runs and at least `min_time_s` of them: sub-millisecond
+        # models need thousands of runs before one disturbance stops moving the p50.
+        while len(times) < profile.repeats or sum(times) < profile.min_time_s * 1000.0:
             start = time.perf_counter()
             sess.run(None, feeds)
             times.append((time.perf_counter() - start) * 1000.0)

@@ -77,7 +77,7 @@ class VlmnasConfig:
 
     @property
     def workdir(self) -> Path:
-        return Path(self.study.workdir).expanduser().resolve()
+        return Path(self.study.workdir)
 
     @property
     def study_dir(self) -> Path:
@@ -126,6 +126,8 @@ def load_config(overrides: Sequence[str] = ()) -> VlmnasConfig:
     trainer = _typed(TrainerConfig, cfg.trainer, "trainer")
     study = _typed(StudySpec, cfg.study, "study")
     _check_study(study, profiles)
+    # Resolved here, in the driver: Ray runs trials with another working directory.
+    study.workdir = str(Path(study.workdir).expanduser().resolve())
     return VlmnasConfig(space, profiles, data, trainer, study, raw, choices)
 
 

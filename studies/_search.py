@@ -26,7 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from dashboards import MlflowTracker, TrialRecord
 from search_spaces import ArchConfig
-from trainers.data import prepare_data
+from trainers.data import VQAData, prepare_data
 
 from ._config import StudySpec, VlmnasConfig
 from ._pareto import pareto_front
@@ -61,10 +61,12 @@ class SearchSummary:
     complete: int
     failed: int
     front: list[FrontMember]
+    chance: float  # accuracy of a blind guesser on the validation set (VQAData.prior_baseline)
 
 
 def search(cfg: VlmnasConfig) -> SearchSummary:
     """Run (or top up) the study to `study.n_trials` finished trials."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     for profile in cfg.profiles:
         profile.check_available()
     workdir = cfg.workdir
@@ -90,7 +92,7 @@ def search(cfg: VlmnasConfig) -> SearchSummary:
         raise
     finally:
         tracker.end_study(parent_run, failed=failed)
-    summary = summarize(storage, cfg)
+    summary = summarize(storage, cfg, chance=VQAData.load(data_root).prior_baseline())
     _write_front(cfg, summary)
     return summary
 
@@ -289,7 +291,9 @@ class _TrackTrials(Callback):  # type: ignore[misc]
         print(f"vlmnas: trial {number} {status} {shown} [{elapsed:.0f}s]", flush=True)
 
 
-def summarize(storage: optuna.storages.BaseStorage, cfg: VlmnasConfig) -> SearchSummary:
+def summarize(
+    storage: optuna.storages.BaseStorage, cfg: VlmnasConfig, *, chance: float = float("nan")
+) -> SearchSummary:
     study = optuna.load_study(study_name=cfg.study.name, storage=storage)
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -310,6 +314,7 @@ def summarize(storage: optuna.storages.BaseStorage, cfg: VlmnasConfig) -> Search
         complete=len(complete),
         failed=sum(t.state == TrialState.FAIL for t in trials),
         front=front,
+        chance=chance,
     )
 
 

@@ -44,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for m in summary.front:
                 values = "  ".join(f"{k}={v:.4g}" for k, v in m.values.items())
                 print(f"  trial {m.number:>3}  {values}")
+            print(
+                f"vlmnas: chance level (most common training answer per question kind):"
+                f" {summary.chance:.4g}"
+            )
         elif args.command == "export":
             from ._export import export_study
 

@@ -66,9 +66,19 @@ def test_accuracy_on_runtime_equals_pytorch_decode(exported, shapes_data) -> Non
 
 def test_measure_reports_percentiles(exported) -> None:
     _, val, path = exported
-    profile = HardwareProfile(name="cpu", threads=1, warmup=2, repeats=20, max_attempts=1)
+    profile = HardwareProfile(
+        name="cpu", threads=1, warmup=2, repeats=20, min_time_s=0.0, max_attempts=1
+    )
     report = measure(path, profile, val)
     assert report.n == 20 and report.attempts == 1
+    timed = measure(
+        path,
+        HardwareProfile(
+            name="cpu", threads=1, warmup=2, repeats=20, min_time_s=0.2, max_attempts=1
+        ),
+        val,
+    )
+    assert timed.n * timed.mean_ms >= 200.0
     assert 0 < report.p50_ms <= report.p95_ms
     assert report.source == "measured" and "onnxruntime" in report.runtime
     assert size_mb(path) == pytest.approx(path.stat().st_size / 1e6)

@@ -52,6 +52,7 @@ def test_search_records_three_complete_trials_in_optuna(searched: Path) -> None:
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
     for t in trials:
         assert len(t.values) == 2 and 0 <= t.values[0] <= 1 and t.values[1] > 0
+        assert Path(t.user_attrs["trial_dir"]) == searched / "tiny" / "trials" / str(t.number)
         assert Path(t.user_attrs["trial_dir"], "config.yaml").is_file()
 
 

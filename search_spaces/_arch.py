@@ -8,12 +8,35 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-FUSIONS = ("early",)
+PLACEMENTS = ("early", "cross_attention", "hybrid")
+GATINGS = ("none", "tanh", "channel", "token")
+IMAGE_ATTENTION = ("full", "image_no_text", "text_only")
+XATTN_PATTERNS = ("all", "every_2nd", "lower_half", "upper_half")
+FEATURE_LAYERS = ("last", "second_last")
+POOLINGS = ("none", "avg2x2")
+
+
+def xattn_layer_set(pattern: str, depth: int) -> tuple[int, ...]:
+    """LM layer indices that get a cross-attention block in front of them."""
+    if pattern == "all":
+        return tuple(range(depth))
+    if pattern == "every_2nd":
+        return tuple(range(0, depth, 2))
+    if pattern == "lower_half":
+        return tuple(range((depth + 1) // 2))
+    if pattern == "upper_half":
+        return tuple(range(depth // 2, depth))
+    raise ValueError(f"xattn_layers pattern {pattern!r}; allowed {list(XATTN_PATTERNS)}")
 
 
 @dataclass(frozen=True)
 class VisionTowerConfig:
-    """A ViT over square tiles: patch embedding, then `depth` encoder layers."""
+    """A ViT over square tiles: patch embedding, then `depth` encoder layers.
+
+    `feature_layer` picks the hidden state the projector reads (LLaVA uses the second to
+    last); `pooling=avg2x2` averages 2x2 neighbouring patch features, a quarter of the
+    visual tokens per tile.
+    """
 
     depth: int = 2
     width: int = 64
@@ -21,10 +44,21 @@ class VisionTowerConfig:
     mlp_ratio: int = 2
     patch_size: int = 8
     tile_size: int = 32
+    feature_layer: str = "last"
+    pooling: str = "none"
 
     @property
     def patches_per_tile(self) -> int:
         return (self.tile_size // self.patch_size) ** 2
+
+    @property
+    def tokens_per_tile(self) -> int:
+        return self.patches_per_tile // (4 if self.pooling == "avg2x2" else 1)
+
+    @property
+    def layers_run(self) -> int:
+        """Encoder layers actually computed (the last is skipped for `second_last`)."""
+        return self.depth - (1 if self.feature_layer == "second_last" else 0)
 
 
 @dataclass(frozen=True)
@@ -35,6 +69,42 @@ class LanguageModelConfig:
     width: int = 96
     heads: int = 4
     mlp_ratio: int = 2
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Where and how image features reach the language model.
+
+    - `placement`: `early` (LLaVA: image tokens spliced into the LM sequence at
+      `<image>`), `cross_attention` (Flamingo: image tokens stay outside the sequence;
+      gated cross-attention blocks sit in front of the LM layers in `xattn_layers`), or
+      `hybrid` (both).
+    - `gating` of each cross-attention block: `none`, `tanh` (one zero-initialised
+      scalar), `channel` (one per channel), `token` (tanh(alpha) * sigmoid(W h), an
+      input-dependent gate from the text hidden state). Zero-initialised gates make a
+      block start as the identity on the text path.
+    - `image_attention` (early/hybrid): `full`; `image_no_text` (image tokens do not
+      attend to text); `text_only` (from LM layer `text_only_from` on, text tokens no
+      longer see image tokens).
+    - `share_ratio` (early/hybrid): the fraction of LM feed-forward hidden units that
+      image and text tokens share; the rest are modality-specific (1 = vanilla LLaVA,
+      0 = a separate visual expert as in CogVLM/VLMo).
+    """
+
+    placement: str = "early"
+    xattn_layers: tuple[int, ...] = ()
+    gating: str = "none"
+    image_attention: str = "full"
+    text_only_from: int | None = None
+    share_ratio: float = 1.0
+
+    @property
+    def early(self) -> bool:
+        return self.placement in ("early", "hybrid")
+
+    @property
+    def cross(self) -> bool:
+        return self.placement in ("cross_attention", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -53,7 +123,7 @@ class ArchConfig:
     lm: LanguageModelConfig = field(default_factory=LanguageModelConfig)
     grid_pinpoints: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 1), (2, 2))
     projector_depth: int = 2
-    fusion: str = "early"
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     quant: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
@@ -77,10 +147,55 @@ class ArchConfig:
             )
         if self.projector_depth not in (1, 2):
             problems.append(f"projector_depth={self.projector_depth}: allowed 1 or 2")
-        if self.fusion not in FUSIONS:
-            problems.append(f"fusion={self.fusion!r}: allowed {list(FUSIONS)}")
+        problems += self._fusion_problems()
+        v = self.vision
+        for key, value, allowed in (
+            ("vision.feature_layer", v.feature_layer, FEATURE_LAYERS),
+            ("vision.pooling", v.pooling, POOLINGS),
+        ):
+            if value not in allowed:
+                problems.append(f"{key}={value!r}: allowed {list(allowed)}")
+        if v.feature_layer == "second_last" and v.depth < 2:
+            problems.append("vision.feature_layer=second_last needs vision.depth >= 2")
+        if v.pooling == "avg2x2" and (v.tile_size // v.patch_size) % 2:
+            problems.append(
+                f"vision.pooling=avg2x2 needs an even patch grid, got {v.tile_size // v.patch_size}"
+            )
         if problems:
             raise ValueError("invalid ArchConfig: " + "; ".join(problems))
+
+    def _fusion_problems(self) -> list[str]:
+        f, depth = self.fusion, self.lm.depth
+        problems = []
+        for key, value, allowed in (
+            ("fusion.placement", f.placement, PLACEMENTS),
+            ("fusion.gating", f.gating, GATINGS),
+            ("fusion.image_attention", f.image_attention, IMAGE_ATTENTION),
+        ):
+            if value not in allowed:
+                problems.append(f"{key}={value!r}: allowed {list(allowed)}")
+        if f.cross and not f.xattn_layers:
+            problems.append(f"fusion.placement={f.placement!r} needs xattn_layers")
+        if not f.cross and (f.xattn_layers or f.gating != "none"):
+            problems.append("fusion.xattn_layers/gating apply only to cross_attention or hybrid")
+        if any(not 0 <= i < depth for i in f.xattn_layers) or len(set(f.xattn_layers)) != len(
+            f.xattn_layers
+        ):
+            problems.append(
+                f"fusion.xattn_layers={list(f.xattn_layers)}: distinct indices in [0, {depth - 1}] (lm.depth={depth})"
+            )
+        if f.image_attention == "text_only":
+            if f.text_only_from is None or not 1 <= f.text_only_from < depth:
+                problems.append(
+                    f"fusion.text_only_from={f.text_only_from}: must be in [1, {depth - 1}] (lm.depth={depth})"
+                )
+        elif f.text_only_from is not None:
+            problems.append("fusion.text_only_from applies only to image_attention=text_only")
+        if not f.early and (f.image_attention != "full" or f.share_ratio != 1.0):
+            problems.append("fusion.image_attention/share_ratio apply only to early or hybrid")
+        if not 0.0 <= f.share_ratio <= 1.0:
+            problems.append(f"fusion.share_ratio={f.share_ratio}: must be in [0, 1]")
+        return problems
 
     @property
     def max_tiles(self) -> int:
@@ -90,7 +205,7 @@ class ArchConfig:
     @property
     def image_tokens(self) -> int:
         """Visual tokens the language model sees per image (padded tiles included)."""
-        return self.max_tiles * self.vision.patches_per_tile
+        return self.max_tiles * self.vision.tokens_per_tile
 
     def quant_for(self, profile: str) -> str:
         return dict(self.quant).get(profile, "fp32")
@@ -110,6 +225,12 @@ class ArchConfig:
             kwargs["vision"] = VisionTowerConfig(**kwargs["vision"])
         if "lm" in kwargs:
             kwargs["lm"] = LanguageModelConfig(**kwargs["lm"])
+        if "fusion" in kwargs:
+            fusion = dict(kwargs["fusion"])
+            fusion["xattn_layers"] = tuple(fusion.get("xattn_layers", ()))
+            if "share_ratio" in fusion:
+                fusion["share_ratio"] = float(fusion["share_ratio"])
+            kwargs["fusion"] = FusionConfig(**fusion)
         if "grid_pinpoints" in kwargs:
             kwargs["grid_pinpoints"] = tuple(tuple(g) for g in kwargs["grid_pinpoints"])
         if "quant" in kwargs:

@@ -29,62 +29,165 @@ _MASKED = -1.0e4
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention (`kv=None`) or cross-attention to `kv`."""
+
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """`x`: (B, S, D); `bias`: additive (B, 1, S, S) or None."""
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None, kv: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`x`: (B, S, D); `kv`: (B, N, D) or None for self-attention; `bias`: additive,
+        broadcastable to (B, heads, S, N), or None."""
         b, s, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(d // self.heads))
+        src = x if kv is None else kv
+        h, dh = self.heads, d // self.heads
+        q = self.q(x).reshape(b, s, h, dh).transpose(1, 2)
+        k, v = self.kv(src).reshape(b, src.shape[1], 2, h, dh).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(dh))
         if bias is not None:
             scores = scores + bias
         y = torch.softmax(scores, dim=-1) @ v
         return self.out(y.transpose(1, 2).reshape(b, s, d))
 
 
-class Block(nn.Module):
-    """Pre-LayerNorm transformer block."""
+def _mlp(width: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
-    def __init__(self, width: int, heads: int, mlp_ratio: int) -> None:
+
+class ModalityFFN(nn.Module):
+    """Feed-forward whose hidden units are split by modality.
+
+    `round(share_ratio * hidden)` units serve every token; the remaining units exist twice,
+    once for text tokens and once for image tokens (share_ratio=1: a plain MLP;
+    share_ratio=0: two separate MLPs, a visual expert). Both private branches run on every
+    token and the modality mask selects, which keeps the graph static for export.
+    """
+
+    def __init__(self, width: int, hidden: int, share_ratio: float) -> None:
+        super().__init__()
+        shared = round(share_ratio * hidden)
+        private = hidden - shared
+        self.shared = _mlp(width, shared) if shared else None
+        self.text = _mlp(width, private) if private else None
+        self.image = _mlp(width, private) if private else None
+
+    def forward(self, x: torch.Tensor, is_image: torch.Tensor | None) -> torch.Tensor:
+        """`x`: (B, S, D); `is_image`: (B, S, 1) float, 1 on image tokens, or None (all text)."""
+        out = self.shared(x) if self.shared is not None else torch.zeros_like(x)
+        if self.text is not None and self.image is not None:
+            if is_image is None:
+                return out + self.text(x)
+            out = out + (1.0 - is_image) * self.text(x) + is_image * self.image(x)
+        return out
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block (self-attention + feed-forward)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int, share_ratio: float = 1.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width)
-        )
+        self.mlp = ModalityFFN(width, mlp_ratio * width, share_ratio)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        is_image: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), bias)
-        return x + self.mlp(self.norm2(x))
+        return x + self.mlp(self.norm2(x), is_image)
+
+
+class Gate(nn.Module):
+    """Multiplier on a fused branch; zero at initialisation except for `none`.
+
+    - `none`: 1 (no gate)
+    - `tanh`: tanh(alpha), one scalar (Flamingo)
+    - `channel`: tanh(alpha), one per channel
+    - `token`: tanh(alpha) * sigmoid(W h + b), per token, from the text hidden state h
+    """
+
+    def __init__(self, kind: str, width: int) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind in ("tanh", "token"):
+            self.alpha = nn.Parameter(torch.zeros(1))
+        elif kind == "channel":
+            self.alpha = nn.Parameter(torch.zeros(width))
+        if kind == "token":
+            self.proj = nn.Linear(width, 1)
+
+    def forward(self, h: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        if self.kind == "none":
+            return branch
+        gate = torch.tanh(self.alpha)
+        if self.kind == "token":
+            gate = gate * torch.sigmoid(self.proj(h))
+        return gate * branch
+
+
+class GatedCrossAttentionBlock(nn.Module):
+    """Flamingo's GATED XATTN-DENSE: text attends to image tokens, then a feed-forward,
+    each added through its own gate."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int, gating: str) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.xattn = Attention(width, heads)
+        self.gate_attn = Gate(gating, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = _mlp(width, mlp_ratio * width)
+        self.gate_mlp = Gate(gating, width)
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """`x`: (B, S, D) LM hidden states; `image`: (B, N, D); `bias`: (B, 1, 1, N)."""
+        x = x + self.gate_attn(x, self.xattn(self.norm1(x), bias, kv=image))
+        return x + self.gate_mlp(x, self.mlp(self.norm2(x)))
 
 
 class VisionTower(nn.Module):
-    """ViT applied to each tile independently: (B*T, 3, t, t) -> (B*T, P, Dv)."""
+    """ViT applied to each tile independently: (B*T, 3, t, t) -> (B*T, tokens per tile, Dv)."""
 
     def __init__(self, arch: ArchConfig) -> None:
         super().__init__()
         cfg = arch.vision
         self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
         self.pos_embed = nn.Parameter(torch.randn(1, cfg.patches_per_tile, cfg.width) * 0.02)
+        # Only the layers up to the selected feature layer are built and run.
         self.blocks = nn.ModuleList(
-            Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)
+            Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers_run)
         )
         self.norm = nn.LayerNorm(cfg.width)
+        self.pool = cfg.pooling == "avg2x2"
+        self.grid = cfg.tile_size // cfg.patch_size
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(tiles).flatten(2).transpose(1, 2) + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)
+        x = self.norm(x)
+        if self.pool:  # (BT, g*g, w) -> (BT, g/2*g/2, w), averaging 2x2 neighbours
+            bt, _, w = x.shape
+            g = self.grid
+            x = x.reshape(bt, g // 2, 2, g // 2, 2, w).mean(dim=(2, 4)).reshape(bt, -1, w)
+        return x
 
 
 class LlavaNextModel(nn.Module):
-    """Early fusion (LLaVA): projected image tokens replace `<image>` in the LM sequence."""
+    """ViT tower -> projector -> causal LM, fused as `arch.fusion` says.
+
+    Early fusion (LLaVA) splices the projected image tokens into the LM sequence at
+    `<image>`; cross-attention fusion (Flamingo) keeps them outside and lets gated
+    cross-attention blocks in front of the chosen LM layers read them; hybrid does both.
+    """
 
     def __init__(
         self, arch: ArchConfig, *, vocab_size: int, max_text_len: int, image_token_id: int
@@ -93,7 +196,7 @@ class LlavaNextModel(nn.Module):
         self.arch = arch
         self.image_token_id = image_token_id
         self.max_text_len = max_text_len
-        d = arch.lm.width
+        d, lm, fusion = arch.lm.width, arch.lm, arch.fusion
         self.vision = VisionTower(arch)
         if arch.projector_depth == 2:
             self.projector: nn.Module = nn.Sequential(
@@ -102,11 +205,17 @@ class LlavaNextModel(nn.Module):
         else:
             self.projector = nn.Linear(arch.vision.width, d)
         self.embed = nn.Embedding(vocab_size, d)
-        self.pos_embed = nn.Parameter(
-            torch.randn(1, max_text_len - 1 + arch.image_tokens, d) * 0.02
-        )
+        seq_len = max_text_len - 1 + arch.image_tokens if fusion.early else max_text_len
+        self.pos_embed = nn.Parameter(torch.randn(1, seq_len, d) * 0.02)
+        share = fusion.share_ratio if fusion.early else 1.0
         self.blocks = nn.ModuleList(
-            Block(d, arch.lm.heads, arch.lm.mlp_ratio) for _ in range(arch.lm.depth)
+            Block(d, lm.heads, lm.mlp_ratio, share) for _ in range(lm.depth)
+        )
+        self.xattn = nn.ModuleDict(
+            {
+                str(i): GatedCrossAttentionBlock(d, lm.heads, lm.mlp_ratio, fusion.gating)
+                for i in fusion.xattn_layers
+            }
         )
         self.norm = nn.LayerNorm(d)
         self.lm_head = nn.Linear(d, vocab_size)
@@ -115,7 +224,7 @@ class LlavaNextModel(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, t, t) -> image tokens in LM width (B, T*P, D)."""
+        """(B, T, 3, t, t) -> image tokens in LM width (B, T * tokens per tile, D)."""
         b, t = pixel_values.shape[:2]
         feats = self.vision(pixel_values.flatten(0, 1))
         return self.projector(feats).reshape(b, t * feats.shape[1], -1)
@@ -126,43 +235,83 @@ class LlavaNextModel(nn.Module):
         b, length = input_ids.shape
         if length != self.max_text_len:
             raise ValueError(f"input_ids has {length} tokens, model built for {self.max_text_len}")
+        fusion = self.arch.fusion
         image = self.encode_image(pixel_values)
         n = image.shape[1]
         image_valid = tile_mask.repeat_interleave(n // tile_mask.shape[1], dim=1)
         text = self.embed(input_ids)
-
-        # Splice: output position p takes image token p - img_pos while that lies in
-        # [0, N), else the text token it displaced (gather keeps the graph static).
         img_pos = (input_ids == self.image_token_id).to(torch.int64).argmax(dim=1, keepdim=True)
-        positions = torch.arange(length - 1 + n, device=input_ids.device).unsqueeze(0)
-        rel = positions - img_pos
-        in_image = (rel >= 0) & (rel < n)
-        text_src = torch.where(rel < 0, positions, positions - n + 1)
-        src = torch.where(in_image, rel, n + text_src)
-        tokens = torch.cat([image, text], dim=1)
-        x = torch.gather(tokens, 1, src.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        valid = torch.gather(torch.cat([image_valid, torch.ones_like(text[..., 0])], 1), 1, src)
+
+        if fusion.early:
+            # Splice: output position p takes image token p - img_pos while that lies in
+            # [0, N), else the text token it displaced (gather keeps the graph static).
+            positions = torch.arange(length - 1 + n, device=input_ids.device).unsqueeze(0)
+            rel = positions - img_pos
+            in_image = (rel >= 0) & (rel < n)
+            src = torch.where(in_image, rel, n + torch.where(rel < 0, positions, positions - n + 1))
+            tokens = torch.cat([image, text], dim=1)
+            x = torch.gather(tokens, 1, src.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+            valid = (
+                torch.gather(torch.cat([image_valid, torch.ones_like(text[..., 0])], 1), 1, src)
+                > 0.5
+            )
+            is_image: torch.Tensor | None = in_image.to(x.dtype).unsqueeze(-1)
+        else:
+            x, valid, in_image, is_image = (
+                text,
+                torch.ones_like(input_ids, dtype=torch.bool),
+                None,
+                None,
+            )
         x = x + self.pos_embed
 
-        s = x.shape[1]
-        causal = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
-        allowed = causal.unsqueeze(0) & (valid > 0.5).unsqueeze(1)
-        bias = torch.where(allowed, 0.0, _MASKED).to(x.dtype).unsqueeze(1)
-        for block in self.blocks:
-            x = block(x, bias)
+        biases = self._self_attention_biases(valid, in_image, x.dtype)
+        image_bias = torch.where(image_valid > 0.5, 0.0, _MASKED).to(x.dtype)[:, None, None, :]
+        for i, block in enumerate(self.blocks):
+            if str(i) in self.xattn:
+                x = self.xattn[str(i)](x, image, image_bias)
+            x = block(x, biases[i], is_image)
 
-        # Back to text coordinates: text position i sits at i before the image and at
-        # i + N - 1 after it; the <image> slot maps to the last *real* image token
-        # (padding tiles come last and must not leak into any output).
-        text_pos = torch.arange(length, device=input_ids.device).unsqueeze(0)
-        last_real = img_pos + image_valid.sum(1, keepdim=True).to(torch.int64) - 1
-        out_pos = torch.where(
-            text_pos < img_pos,
-            text_pos,
-            torch.where(text_pos == img_pos, last_real, text_pos + n - 1),
-        )
-        x = torch.gather(x, 1, out_pos.unsqueeze(-1).expand(b, -1, x.shape[-1]))
+        if fusion.early:
+            # Back to text coordinates: text position i sits at i before the image and at
+            # i + N - 1 after it; the <image> slot maps to the last *real* image token
+            # (padding tiles come last and must not leak into any output).
+            text_pos = torch.arange(length, device=input_ids.device).unsqueeze(0)
+            last_real = img_pos + image_valid.sum(1, keepdim=True).to(torch.int64) - 1
+            out_pos = torch.where(
+                text_pos < img_pos,
+                text_pos,
+                torch.where(text_pos == img_pos, last_real, text_pos + n - 1),
+            )
+            x = torch.gather(x, 1, out_pos.unsqueeze(-1).expand(b, -1, x.shape[-1]))
         return self.lm_head(self.norm(x))
+
+    def _self_attention_biases(
+        self, valid: torch.Tensor, in_image: torch.Tensor | None, dtype: torch.dtype
+    ) -> list[torch.Tensor]:
+        """Additive (B, 1, S, S) mask per LM layer: causal, padding tiles hidden, and the
+        modality mask of `fusion.image_attention`."""
+        fusion = self.arch.fusion
+        s = valid.shape[1]
+        causal = torch.ones(s, s, dtype=torch.bool, device=valid.device).tril()
+        allowed = causal.unsqueeze(0) & valid.unsqueeze(1)  # [b, query, key]
+        text_only = allowed
+        if in_image is not None:
+            img_q, img_k = in_image.unsqueeze(2), in_image.unsqueeze(1)
+            if fusion.image_attention == "image_no_text":
+                allowed = allowed & ~(img_q & ~img_k)
+            # Text queries stop seeing image keys (image tokens keep seeing each other).
+            text_only = allowed & ~(~img_q & img_k)
+
+        def bias(mask: torch.Tensor) -> torch.Tensor:
+            return torch.where(mask, 0.0, _MASKED).to(dtype).unsqueeze(1)
+
+        base = bias(allowed)
+        if fusion.image_attention != "text_only":
+            return [base] * len(self.blocks)
+        assert fusion.text_only_from is not None
+        late = bias(text_only)
+        return [base if i < fusion.text_only_from else late for i in range(len(self.blocks))]
 
 
 def build_model(

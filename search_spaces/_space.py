@@ -1,9 +1,20 @@
 """`SearchSpace`: which `ArchConfig`s a study may propose, read from a YAML file.
 
 The YAML mirrors `ArchConfig`: every leaf is a list of choices (a one-element list fixes
-the value). `grid_pinpoints` is a mapping from a name to a list of [rows, cols] grids, so
-the sampler sees a categorical over names. Sampling is define-by-run on an Optuna trial;
-parameter names are the dotted paths (`lm.width`), plus `quant.<profile>` per profile.
+the value); `grid_pinpoints` maps a name to a list of [rows, cols] grids, so samplers see
+a categorical over names. Sampling is define-by-run on an Optuna trial; parameter names
+are the dotted paths (`lm.width`, `fusion.gating`), plus `quant.<profile>` per profile.
+
+Conditional parameters are sampled only where they apply, always under the same name and
+with the same choices (so Optuna's samplers see one consistent distribution per name):
+`fusion.xattn_layers` and `fusion.gating` only with cross-attention (cross_attention,
+hybrid); `fusion.image_attention` and `fusion.share_ratio` only with early fusion (early,
+hybrid); `fusion.text_only_from` only with `image_attention=text_only`.
+
+A `baseline` block names one value per parameter: the LLaVA-NeXT recipe that every study
+runs first as its reference trial. Where an override narrows a dimension so that the
+baseline's value is no longer a choice, that parameter is sampled instead (the driver
+says which).
 """
 
 from __future__ import annotations
@@ -15,26 +26,56 @@ from typing import Any, Protocol
 
 import yaml
 
-from ._arch import FUSIONS, ArchConfig, LanguageModelConfig, VisionTowerConfig
+from ._arch import (
+    FEATURE_LAYERS,
+    GATINGS,
+    IMAGE_ATTENTION,
+    PLACEMENTS,
+    POOLINGS,
+    XATTN_PATTERNS,
+    ArchConfig,
+    FusionConfig,
+    LanguageModelConfig,
+    VisionTowerConfig,
+    xattn_layer_set,
+)
 
 CONF_DIR = Path(__file__).parent / "conf" / "search_space"
 
-# Leaves of the YAML and the type of their choices.
-_INT_LEAVES = {
-    "vision.depth",
-    "vision.width",
-    "vision.heads",
-    "vision.mlp_ratio",
-    "vision.patch_size",
-    "vision.tile_size",
-    "lm.depth",
-    "lm.width",
-    "lm.heads",
-    "lm.mlp_ratio",
-    "projector_depth",
+# Leaves of the YAML: element type, and the allowed values where the set is closed.
+_LEAVES: dict[str, tuple[type, tuple[Any, ...] | None]] = {
+    "vision.depth": (int, None),
+    "vision.width": (int, None),
+    "vision.heads": (int, None),
+    "vision.mlp_ratio": (int, None),
+    "vision.patch_size": (int, None),
+    "vision.tile_size": (int, None),
+    "vision.feature_layer": (str, FEATURE_LAYERS),
+    "vision.pooling": (str, POOLINGS),
+    "lm.depth": (int, None),
+    "lm.width": (int, None),
+    "lm.heads": (int, None),
+    "lm.mlp_ratio": (int, None),
+    "projector_depth": (int, (1, 2)),
+    "fusion.placement": (str, PLACEMENTS),
+    "fusion.xattn_layers": (str, XATTN_PATTERNS),
+    "fusion.gating": (str, GATINGS),
+    "fusion.image_attention": (str, IMAGE_ATTENTION),
+    "fusion.text_only_from": (int, None),
+    "fusion.share_ratio": (float, None),
 }
-_STR_LEAVES = {"fusion"}
-_SECTIONS = {"vision", "lm"}
+_SECTIONS = ("vision", "lm", "fusion")
+_CROSS_ONLY = ("fusion.xattn_layers", "fusion.gating")
+_EARLY_ONLY = ("fusion.image_attention", "fusion.share_ratio")
+_CONDITIONAL = (*_CROSS_ONLY, *_EARLY_ONLY, "fusion.text_only_from")
+# Values the conditional parameters take where they do not apply.
+_NOT_APPLICABLE = {
+    "fusion.xattn_layers": None,
+    "fusion.gating": "none",
+    "fusion.image_attention": "full",
+    "fusion.share_ratio": 1.0,
+    "fusion.text_only_from": None,
+}
 
 
 class SearchSpaceError(ValueError):
@@ -52,6 +93,7 @@ class SearchSpace:
     name: str
     choices: Mapping[str, tuple[Any, ...]]  # dotted key -> choices
     pinpoint_sets: Mapping[str, tuple[tuple[int, int], ...]]
+    baseline: Mapping[str, Any]  # parameter name -> value, for the reference trial
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, name: str) -> SearchSpace:
@@ -59,39 +101,43 @@ class SearchSpace:
         where = f"search_space {name!r}"
         if not isinstance(data, Mapping):
             raise SearchSpaceError(f"{where}: expected a mapping, got {type(data).__name__}")
-        allowed_top = _SECTIONS | {k for k in _INT_LEAVES | _STR_LEAVES if "." not in k}
-        allowed_top |= {"grid_pinpoints"}
+        top = sorted({k.split(".")[0] for k in _LEAVES} | {"grid_pinpoints", "baseline"})
         choices: dict[str, tuple[Any, ...]] = {}
         for key, value in data.items():
-            if key not in allowed_top:
-                raise SearchSpaceError(
-                    f"{where}: unknown key {key!r}; allowed {sorted(allowed_top)}"
-                )
+            if key not in top:
+                raise SearchSpaceError(f"{where}: unknown key {key!r}; allowed {top}")
             if key in _SECTIONS:
                 if not isinstance(value, Mapping):
                     raise SearchSpaceError(f"{where}: {key} must be a mapping, got {value!r}")
                 for sub, leaf in value.items():
                     path = f"{key}.{sub}"
-                    if path not in _INT_LEAVES:
-                        allowed = sorted(k.split(".")[1] for k in _INT_LEAVES if k.startswith(key))
+                    if path not in _LEAVES:
+                        allowed = sorted(
+                            k.split(".")[1] for k in _LEAVES if k.startswith(f"{key}.")
+                        )
                         raise SearchSpaceError(
                             f"{where}: unknown key {path!r}; allowed under {key}: {allowed}"
                         )
-                    choices[path] = _leaf(where, path, leaf, int)
-            elif key != "grid_pinpoints":
-                choices[key] = _leaf(where, key, value, int if key in _INT_LEAVES else str)
+                    choices[path] = _leaf(where, path, leaf)
+            elif key in _LEAVES:
+                choices[key] = _leaf(where, key, value)
+        missing = sorted(set(_LEAVES) - set(choices))
+        if missing:
+            raise SearchSpaceError(f"{where}: missing keys {missing}; give each a list of choices")
+        _check_combinations(where, choices)
         pinpoints = _pinpoints(where, data.get("grid_pinpoints"))
-        for bad in set(choices.get("fusion", ())) - set(FUSIONS):
-            raise SearchSpaceError(f"{where}: fusion={bad!r} not allowed; allowed {list(FUSIONS)}")
-        for tower in _SECTIONS:
-            for width in choices.get(f"{tower}.width", ()):
-                for heads in choices.get(f"{tower}.heads", ()):
-                    if width % heads:
-                        raise SearchSpaceError(
-                            f"{where}: {tower}.heads={heads} does not divide {tower}.width={width};"
-                            " every heads choice must divide every width choice"
-                        )
-        return cls(name=name, choices=choices, pinpoint_sets=pinpoints)
+        space = cls(name=name, choices=choices, pinpoint_sets=pinpoints, baseline={})
+        baseline = data.get("baseline")
+        if baseline is None:
+            raise SearchSpaceError(
+                f"{where}: missing 'baseline' (one value per parameter, the reference trial)"
+            )
+        return cls(
+            name=name,
+            choices=choices,
+            pinpoint_sets=pinpoints,
+            baseline=space._check_baseline(where, baseline),
+        )
 
     @classmethod
     def load(cls, name_or_path: str) -> SearchSpace:
@@ -106,47 +152,140 @@ class SearchSpace:
 
     def sample(self, trial: TrialLike, quant_schemes: Mapping[str, tuple[str, ...]]) -> ArchConfig:
         """Propose one `ArchConfig`; `quant_schemes` maps profile -> legal schemes."""
-        values = {
-            key: trial.suggest_categorical(key, list(opts)) for key, opts in self.choices.items()
-        }
-        pinpoint_name = trial.suggest_categorical("grid_pinpoints", list(self.pinpoint_sets))
-        quant = {
-            profile: trial.suggest_categorical(f"quant.{profile}", list(schemes))
-            for profile, schemes in sorted(quant_schemes.items())
-        }
-        return self._to_arch(values, self.pinpoint_sets[pinpoint_name], quant)
+        values: dict[str, Any] = {}
 
-    def _to_arch(
-        self,
-        values: Mapping[str, Any],
-        pinpoints: tuple[tuple[int, int], ...],
-        quant: Mapping[str, str],
-    ) -> ArchConfig:
-        vision = {k.split(".")[1]: v for k, v in values.items() if k.startswith("vision.")}
-        lm = {k.split(".")[1]: v for k, v in values.items() if k.startswith("lm.")}
-        top = {k: v for k, v in values.items() if "." not in k}
+        def suggest(key: str) -> Any:
+            values[key] = trial.suggest_categorical(key, list(self.choices[key]))
+            return values[key]
+
+        for key in self.choices:
+            if key not in _CONDITIONAL:
+                suggest(key)
+        placement = values["fusion.placement"]
+        if placement in ("cross_attention", "hybrid"):
+            for key in _CROSS_ONLY:
+                suggest(key)
+        if placement in ("early", "hybrid"):
+            for key in _EARLY_ONLY:
+                suggest(key)
+            if values["fusion.image_attention"] == "text_only":
+                suggest("fusion.text_only_from")
+        values["grid_pinpoints"] = trial.suggest_categorical(
+            "grid_pinpoints", list(self.pinpoint_sets)
+        )
+        for profile, schemes in sorted(quant_schemes.items()):
+            values[f"quant.{profile}"] = trial.suggest_categorical(
+                f"quant.{profile}", list(schemes)
+            )
+        return self.to_arch(values)
+
+    def to_arch(self, values: Mapping[str, Any]) -> ArchConfig:
+        """Build the `ArchConfig` for sampled parameter values (as named in `sample`)."""
+        v = {**_NOT_APPLICABLE, **values}
+        section = lambda name: {
+            k.split(".")[1]: x for k, x in v.items() if k.startswith(f"{name}.")
+        }  # noqa: E731
+        lm = LanguageModelConfig(**section("lm"))
+        fusion = section("fusion")
+        pattern = fusion.pop("xattn_layers")
+        fusion["xattn_layers"] = xattn_layer_set(pattern, lm.depth) if pattern else ()
+        fusion["share_ratio"] = float(fusion["share_ratio"])
         return ArchConfig(
-            vision=VisionTowerConfig(**vision),
-            lm=LanguageModelConfig(**lm),
-            grid_pinpoints=pinpoints,
-            quant=tuple(sorted(quant.items())),
-            **top,
+            vision=VisionTowerConfig(**section("vision")),
+            lm=lm,
+            grid_pinpoints=self.pinpoint_sets[v["grid_pinpoints"]],
+            projector_depth=v["projector_depth"],
+            fusion=FusionConfig(**fusion),
+            quant=tuple(sorted(section("quant").items())),
+        )
+
+    def baseline_params(self, quant_schemes: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
+        """The baseline as Optuna parameters (first legal scheme per profile); values
+        outside the choices are left out, so the sampler picks them."""
+        outside = self.baseline_outside()
+        kept = {k: v for k, v in self.baseline.items() if k not in outside}
+        return {**kept, **{f"quant.{p}": s[0] for p, s in sorted(quant_schemes.items())}}
+
+    def _check_baseline(self, where: str, baseline: Any) -> dict[str, Any]:
+        if not isinstance(baseline, Mapping):
+            raise SearchSpaceError(f"{where}: baseline must be a mapping parameter -> value")
+        params = set(self.choices) | {"grid_pinpoints"}
+        for key in baseline:
+            if key not in params:
+                raise SearchSpaceError(
+                    f"{where}: baseline.{key} is not a parameter; allowed {sorted(params)}"
+                )
+        out = dict(baseline)
+        if set(self.baseline_outside(out)) or not self._complete(out):
+            return out  # partly sampled: cannot be checked as a whole
+        try:
+            self.to_arch(out)
+        except ValueError as exc:
+            raise SearchSpaceError(
+                f"{where}: baseline is not a valid architecture: {exc}"
+            ) from None
+        return out
+
+    def baseline_outside(self, baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Baseline values not among the (possibly overridden) choices: left to the sampler."""
+        baseline = self.baseline if baseline is None else baseline
+        allowed = {**self.choices, "grid_pinpoints": tuple(self.pinpoint_sets)}
+        return {k: v for k, v in baseline.items() if v not in allowed[k]}
+
+    def _complete(self, values: Mapping[str, Any]) -> bool:
+        return ({k for k in self.choices if k not in _CONDITIONAL} | {"grid_pinpoints"}) <= set(
+            values
         )
 
 
-def _leaf(where: str, path: str, value: Any, kind: type) -> tuple[Any, ...]:
+def _leaf(where: str, path: str, value: Any) -> tuple[Any, ...]:
+    kind, allowed = _LEAVES[path]
     if not isinstance(value, list):
         raise SearchSpaceError(f"{where}: {path}={value!r} must be a list of choices")
     if not value:
         raise SearchSpaceError(f"{where}: {path} is an empty choice list; give at least one value")
+    out = []
     for v in value:
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
         if not isinstance(v, kind) or isinstance(v, bool):
             raise SearchSpaceError(f"{where}: {path} choice {v!r} must be {kind.__name__}")
+        if allowed is not None and v not in allowed:
+            raise SearchSpaceError(
+                f"{where}: {path} choice {v!r} not allowed; allowed {list(allowed)}"
+            )
         if kind is int and v < 1:
             raise SearchSpaceError(f"{where}: {path} choice {v} must be >= 1")
-    if len(set(value)) != len(value):
+        if path == "fusion.share_ratio" and not 0.0 <= v <= 1.0:
+            raise SearchSpaceError(f"{where}: fusion.share_ratio choice {v} outside [0, 1]")
+        out.append(v)
+    if len(set(out)) != len(out):
         raise SearchSpaceError(f"{where}: {path}={value} repeats a choice")
-    return tuple(value)
+    return tuple(out)
+
+
+def _check_combinations(where: str, choices: Mapping[str, tuple[Any, ...]]) -> None:
+    for tower in ("vision", "lm"):
+        for width in choices[f"{tower}.width"]:
+            for heads in choices[f"{tower}.heads"]:
+                if width % heads:
+                    raise SearchSpaceError(
+                        f"{where}: {tower}.heads={heads} does not divide {tower}.width={width};"
+                        " every heads choice must divide every width choice"
+                    )
+    min_depth = min(choices["lm.depth"])
+    if "text_only" in choices["fusion.image_attention"]:
+        for k in choices["fusion.text_only_from"]:
+            if not 1 <= k < min_depth:
+                raise SearchSpaceError(
+                    f"{where}: fusion.text_only_from={k} is beyond lm.depth={min_depth} (the smallest"
+                    f" depth choice); allowed layer indices 1..{min_depth - 1}"
+                )
+    if "second_last" in choices["vision.feature_layer"] and min(choices["vision.depth"]) < 2:
+        raise SearchSpaceError(
+            f"{where}: vision.feature_layer=second_last needs vision.depth >= 2 for every depth choice,"
+            f" got depth choices {list(choices['vision.depth'])}"
+        )
 
 
 def _pinpoints(where: str, value: Any) -> dict[str, tuple[tuple[int, int], ...]]:

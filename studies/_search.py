@@ -28,7 +28,7 @@ from dashboards import MlflowTracker, TrialRecord
 from search_spaces import ArchConfig
 from trainers.data import VQAData, prepare_data
 
-from ._config import StudySpec, VlmnasConfig
+from ._config import ConfigError, StudySpec, VlmnasConfig
 from ._pareto import pareto_front
 from ._trial import run_trial
 
@@ -74,6 +74,7 @@ def search(cfg: VlmnasConfig) -> SearchSummary:
     data_root = prepare_data(cfg.data, workdir)
 
     storage = optuna.storages.RDBStorage(storage_url(workdir))
+    _enqueue_baseline(storage, cfg)
     finished = _finished_trials(storage, cfg.study.name)
     remaining = cfg.study.n_trials - finished
     tracker = MlflowTracker.for_workdir(workdir)
@@ -95,6 +96,34 @@ def search(cfg: VlmnasConfig) -> SearchSummary:
     summary = summarize(storage, cfg, chance=VQAData.load(data_root).prior_baseline())
     _write_front(cfg, summary)
     return summary
+
+
+def _enqueue_baseline(storage: optuna.storages.BaseStorage, cfg: VlmnasConfig) -> None:
+    """Create the study and make the space's baseline (LLaVA-NeXT) its first trial."""
+    study = optuna.create_study(
+        study_name=cfg.study.name,
+        storage=storage,
+        directions=[o.direction for o in cfg.study.objectives],
+        load_if_exists=True,
+    )
+    directions = [
+        "maximize" if d == optuna.study.StudyDirection.MAXIMIZE else "minimize"
+        for d in study.directions
+    ]
+    wanted = [o.direction for o in cfg.study.objectives]
+    if directions != wanted:
+        raise ConfigError(
+            f"study {cfg.study.name!r} in {cfg.workdir} was created with directions {directions};"
+            f" study.objectives ask for {wanted}: choose another study.name"
+        )
+    if not study.get_trials(deepcopy=False):
+        outside = cfg.space.baseline_outside()
+        if outside:
+            print(
+                f"vlmnas: baseline values outside the overridden choices, sampled instead: {outside}"
+            )
+        quant = {p.name: p.quant_schemes for p in cfg.profiles}
+        study.enqueue_trial(cfg.space.baseline_params(quant), user_attrs={"baseline": True})
 
 
 def _finished_trials(storage: optuna.storages.BaseStorage, name: str) -> int:

@@ -2,7 +2,8 @@
 
 1. Cheap objectives first: build the untrained model, export, quantize per profile,
    measure latency and size.
-2. Train for the trial's budget, reporting validation accuracy every epoch.
+2. Train for the trial's budget, reporting validation accuracy every epoch (or take the
+   weights from the cache when this architecture was trained before).
 3. Export the trained model, quantize it per profile, and measure `<profile>/accuracy`
    by running it on that profile's runtime over the validation set.
 4. Write the trial's folder (config.yaml, metrics.json, models) and return the metrics.
@@ -23,7 +24,7 @@ import yaml
 
 from hardware_profiles import evaluate, export_onnx, measure, quantize, size_mb
 from search_spaces import ArchConfig, build_model
-from trainers import fit
+from trainers import cached_fit
 from trainers.data import ImageCache, VQAData, encode_eval
 
 from ._config import VlmnasConfig
@@ -70,10 +71,15 @@ def run_trial(
             info[f"{profile.name}/runtime"] = latency.runtime
             info["cpu"] = latency.cpu
 
-    # 2. Train.
-    result = fit(arch, data, cfg.trainer, trial_dir, report=report, images=images)
+    # 2. Train, unless these weights were trained before (same architecture part of
+    #    arch_id, budget and data): then only the quantized models below are new.
+    cache_dir = cfg.workdir / "cache" / "weights"
+    result, hit = cached_fit(
+        arch, data, cfg.trainer, trial_dir, cache_dir, report=report, images=images
+    )
     metrics["val_accuracy"] = result.metrics["val_accuracy"]
-    metrics["train_s"] = result.metrics["train_s"]
+    metrics["train_s"] = 0.0 if hit else result.metrics["train_s"]
+    info["weights"] = "cached" if hit else "trained"
 
     # 3. Accuracy on each profile's runtime, with the scheme that profile deploys.
     fp32 = export_onnx(result.model, trial_dir / "model_fp32.onnx", val)

@@ -1,5 +1,6 @@
-"""How a candidate learns: data, the Lightning module, and `fit`."""
+"""How a candidate learns: data, the Lightning module, `fit` and its weights cache."""
 
+from ._cache import cache_key, cached_fit
 from ._fit import ExactMatchAccuracy, TrainerConfig, TrainResult, VQAModule, fit, torch_forward
 
 __all__ = [
@@ -7,6 +8,8 @@ __all__ = [
     "TrainResult",
     "TrainerConfig",
     "VQAModule",
+    "cache_key",
+    "cached_fit",
     "fit",
     "torch_forward",
 ]

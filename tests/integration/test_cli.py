@@ -22,8 +22,8 @@ TINY = [
     "data.train_images=40",
     "data.val_images=10",
     "study.population_size=2",
-    "search_space.lm.depth=[1]",
-    "search_space.vision.depth=[1]",
+    "search_space.lm.width=[32]",
+    "search_space.vision.width=[32]",
 ]
 
 
@@ -50,6 +50,13 @@ def test_search_records_three_complete_trials_in_optuna(searched: Path) -> None:
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{searched / 'optuna.db'}")
     trials = study.get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    # the LLaVA-NeXT baseline runs first
+    assert trials[0].user_attrs.get("baseline") is True
+    assert (
+        trials[0].params["fusion.placement"] == "early"
+        and trials[0].params["fusion.share_ratio"] == 1.0
+    )
+    assert not any(t.user_attrs.get("baseline") for t in trials[1:])
     for t in trials:
         assert len(t.values) == 2 and 0 <= t.values[0] <= 1 and t.values[1] > 0
         assert Path(t.user_attrs["trial_dir"]) == searched / "tiny" / "trials" / str(t.number)

@@ -60,9 +60,28 @@ def test_arch_id_is_stable_and_weights_id_ignores_quant() -> None:
         (lambda d: d["lm"].update(depth=[]), "lm.depth is an empty choice list"),
         (lambda d: d["lm"].update(heads=[3]), "lm.heads=3 does not divide lm.width=64"),
         (lambda d: d["vision"].update(colour=[1]), "unknown key 'vision.colour'"),
-        (lambda d: d.update(fusion=["late"]), "fusion='late' not allowed"),
+        (
+            lambda d: d["fusion"].update(placement=["late"]),
+            "fusion.placement choice 'late' not allowed",
+        ),
+        (
+            lambda d: d["fusion"].update(share_ratio=[0.5, 1.5]),
+            "fusion.share_ratio choice 1.5 outside [0, 1]",
+        ),
+        (
+            lambda d: d["fusion"].update(text_only_from=[2]),
+            "fusion.text_only_from=2 is beyond lm.depth=2",
+        ),
+        (lambda d: d["fusion"].update(gating=[]), "fusion.gating is an empty choice list"),
+        (lambda d: d["vision"].update(depth=[1, 2]), "second_last needs vision.depth >= 2"),
         (lambda d: d["grid_pinpoints"].update(bad=[[0, 1]]), "grid_pinpoints.bad"),
         (lambda d: d["lm"].update(width=["wide"]), "lm.width choice 'wide' must be int"),
+        (lambda d: d["baseline"].update({"lm.colour": 1}), "baseline.lm.colour is not a parameter"),
+        (
+            lambda d: d["baseline"].update({"fusion.image_attention": "text_only"}),
+            "baseline is not a valid architecture",
+        ),
+        (lambda d: d.pop("baseline"), "missing 'baseline'"),
     ],
 )
 def test_bad_space_is_one_line_error_naming_key(mutate, needle: str) -> None:
@@ -72,6 +91,18 @@ def test_bad_space_is_one_line_error_naming_key(mutate, needle: str) -> None:
         SearchSpace.from_mapping(raw, name="llava_next")
     assert needle in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_baseline_values_outside_narrowed_choices_are_sampled() -> None:
+    raw = _raw()
+    raw["lm"]["width"] = [32]
+    space = SearchSpace.from_mapping(raw, name="narrow")
+    assert space.baseline_outside() == {"lm.width": 96}
+    params = space.baseline_params({"cpu": ("fp32",)})
+    assert "lm.width" not in params and params["fusion.placement"] == "early"
+    study = optuna.create_study()
+    study.enqueue_trial(params)
+    assert space.sample(study.ask(), {"cpu": ("fp32",)}).lm.width == 32
 
 
 def test_unknown_space_name_lists_known() -> None:

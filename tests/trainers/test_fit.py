@@ -84,3 +84,29 @@ def test_fit_is_seeded(tmp_path: Path, shapes_data, tiny_arch) -> None:
     b = fit(tiny_arch, shapes_data, cfg, tmp_path / "b")
     for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.equal(pa, pb)
+
+
+def test_cached_fit_trains_once_per_architecture(tmp_path: Path, shapes_data, tiny_arch) -> None:
+    import dataclasses
+
+    from trainers import cached_fit
+
+    cfg = TrainerConfig(max_epochs=2, batch_size=16, threads=1)
+    cache = tmp_path / "cache"
+    first, hit1 = cached_fit(tiny_arch, shapes_data, cfg, tmp_path / "a", cache)
+    replayed = []
+    # same architecture, other quantization: same weights, no training
+    requant = dataclasses.replace(tiny_arch, quant=(("cpu", "int8_dynamic"),))
+    second, hit2 = cached_fit(
+        requant, shapes_data, cfg, tmp_path / "b", cache, report=lambda e, m: replayed.append(e)
+    )
+    assert (hit1, hit2) == (False, True)
+    assert replayed == [1, 2] and second.val_accuracy_history == first.val_accuracy_history
+    for pa, pb in zip(first.model.parameters(), second.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert (tmp_path / "b" / "model.pt").is_file()
+    # another budget is another entry
+    _, hit3 = cached_fit(
+        tiny_arch, shapes_data, dataclasses.replace(cfg, max_epochs=1), tmp_path / "c", cache
+    )
+    assert hit3 is False

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from ._llava import (
@@ -81,6 +83,16 @@ class VQAData:
         lengths = [len(conversation_ids(tok, r)[0]) for r in train + val]
         answers = [len(tok.encode(a)) for r in train + val for _, a in r.turns]
         return cls(Path(root), train, val, tok, max(lengths), max(answers) + 1)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of the records and images: what trained weights depend on."""
+        h = hashlib.sha256()
+        for split in ("train", "val"):
+            h.update((self.root / f"{split}.json").read_bytes())
+        for r in self.train + self.val:
+            h.update(r.image.read_bytes())
+        return h.hexdigest()[:16]
 
     def prior_baseline(self) -> float:
         """Accuracy of a blind guesser: the most common training answer per question kind.

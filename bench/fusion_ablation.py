@@ -20,7 +20,7 @@ import time
 import torch
 
 from studies import load_config, run_trial
-from trainers.data import VQAData, prepare_data
+from trainers.data import prepare_data
 
 VARIANTS = [
     ("early", "none", 1.0),
@@ -45,8 +45,8 @@ def main() -> None:
         overrides += ["trainer.max_epochs=1", "data.train_images=60", "data.val_images=10"]
         seeds = 1
     base_cfg = load_config(overrides)
-    data_root = prepare_data(base_cfg.data, base_cfg.workdir)
-    chance = VQAData.load(data_root).prior_baseline()
+    data = prepare_data(base_cfg.data, base_cfg.workdir)
+    data_root, chance = data.root, data.prior_baseline()
     space = base_cfg.space
     quant = {p.name: p.quant_schemes for p in base_cfg.profiles}
 

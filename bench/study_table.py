@@ -36,6 +36,18 @@ def forward_macs(arch: ArchConfig, text_len: int, vocab: int) -> float:
     return float(vision + projector + language)
 
 
+def _fusion(arch: ArchConfig) -> str:
+    f = arch.fusion
+    parts = [f.placement]
+    if f.cross:
+        parts.append(f"{f.gating} gate @ layers {list(f.xattn_layers)}")
+    if f.early:
+        parts.append(f"{f.image_attention}, share {f.share_ratio}")
+    if arch.vision.pooling != "none":
+        parts.append("pooled")
+    return "; ".join(parts)
+
+
 def _ranks(x: list[float]) -> np.ndarray:
     order = np.argsort(x, kind="stable")
     ranks = np.empty(len(x))
@@ -71,13 +83,14 @@ def main() -> None:
     print(f"Machine: {platform.processor() or platform.machine()}, {platform.platform()}")
     print()
     print(
-        f"| trial | front | lm depth x width | vision depth x width | grids (image tokens) | params | MMACs | {p}/latency_p50_ms (cv) | {p}/accuracy | train s |"
+        f"| trial | front | fusion | lm depth x width | vision depth x width | grids (image tokens) | params | MMACs | {p}/latency_p50_ms (cv) | {p}/accuracy | train s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for i, (t, m) in enumerate(rows):
         pr = t.params
         print(
-            f"| {t.number} | {'*' if i in front else ''} | {pr['lm.depth']} x {pr['lm.width']} |"
+            f"| {t.number}{' (baseline)' if t.user_attrs.get('baseline') else ''} | {'*' if i in front else ''} |"
+            f" {_fusion(m['arch'])} | {pr['lm.depth']} x {pr['lm.width']} |"
             f" {pr['vision.depth']} x {pr['vision.width']} | {pr['grid_pinpoints']} ({m['image_tokens']}) | {m['params']:,.0f} |"
             f" {forward_macs(m['arch'], data.text_len, len(data.tokenizer)) / 1e6:.1f} |"
             f" {m[f'{p}/latency_p50_ms']:.3f} ({m[f'{p}/latency_cv']:.3f}) | {m[f'{p}/accuracy']:.3f} |"

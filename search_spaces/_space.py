@@ -182,9 +182,10 @@ class SearchSpace:
     def to_arch(self, values: Mapping[str, Any]) -> ArchConfig:
         """Build the `ArchConfig` for sampled parameter values (as named in `sample`)."""
         v = {**_NOT_APPLICABLE, **values}
-        section = lambda name: {
-            k.split(".")[1]: x for k, x in v.items() if k.startswith(f"{name}.")
-        }  # noqa: E731
+
+        def section(name: str) -> dict[str, Any]:
+            return {k.split(".")[1]: x for k, x in v.items() if k.startswith(f"{name}.")}
+
         lm = LanguageModelConfig(**section("lm"))
         fusion = section("fusion")
         pattern = fusion.pop("xattn_layers")

@@ -26,7 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from dashboards import MlflowTracker, TrialRecord
 from search_spaces import ArchConfig
-from trainers.data import VQAData, prepare_data
+from trainers.data import prepare_data
 
 from ._config import ConfigError, StudySpec, VlmnasConfig
 from ._pareto import pareto_front
@@ -71,11 +71,12 @@ def search(cfg: VlmnasConfig) -> SearchSummary:
         profile.check_available()
     workdir = cfg.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    data_root = prepare_data(cfg.data, workdir)
+    data = prepare_data(cfg.data, workdir)
+    data_root = data.root
 
     storage = optuna.storages.RDBStorage(storage_url(workdir))
-    _enqueue_baseline(storage, cfg)
-    finished = _finished_trials(storage, cfg.study.name)
+    study = _open_study(storage, cfg)
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     remaining = cfg.study.n_trials - finished
     tracker = MlflowTracker.for_workdir(workdir)
     parent_run = tracker.start_study(cfg.study.name, {**cfg.raw, "choices": cfg.choices})
@@ -93,13 +94,13 @@ def search(cfg: VlmnasConfig) -> SearchSummary:
         raise
     finally:
         tracker.end_study(parent_run, failed=failed)
-    summary = summarize(storage, cfg, chance=VQAData.load(data_root).prior_baseline())
+    summary = summarize(storage, cfg, chance=data.prior_baseline())
     _write_front(cfg, summary)
     return summary
 
 
-def _enqueue_baseline(storage: optuna.storages.BaseStorage, cfg: VlmnasConfig) -> None:
-    """Create the study and make the space's baseline (LLaVA-NeXT) its first trial."""
+def _open_study(storage: optuna.storages.BaseStorage, cfg: VlmnasConfig) -> optuna.Study:
+    """Create or load the study; a new one gets the space's baseline as its first trial."""
     study = optuna.create_study(
         study_name=cfg.study.name,
         storage=storage,
@@ -124,14 +125,7 @@ def _enqueue_baseline(storage: optuna.storages.BaseStorage, cfg: VlmnasConfig) -
             )
         quant = {p.name: p.quant_schemes for p in cfg.profiles}
         study.enqueue_trial(cfg.space.baseline_params(quant), user_attrs={"baseline": True})
-
-
-def _finished_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        return 0
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    return study
 
 
 def _run_tune(

@@ -39,8 +39,8 @@ class DataConfig:
     val_images: int = 150
 
 
-def prepare_data(cfg: DataConfig, workdir: Path) -> Path:
-    """Make the data set available and validated; returns its root. Raises `DataError`."""
+def prepare_data(cfg: DataConfig, workdir: Path) -> VQAData:
+    """Make the data set available and validated, and load it. Raises `DataError`."""
     if cfg.name not in DATASETS:
         raise DataError(f"data.name={cfg.name!r} unknown; allowed {list(DATASETS)}")
     if cfg.name == "shapes_vqa":
@@ -60,8 +60,7 @@ def prepare_data(cfg: DataConfig, workdir: Path) -> Path:
         root = Path(cfg.root).expanduser().resolve()
         if not root.is_dir():
             raise DataError(f"data.root={cfg.root!r} is not a directory")
-    VQAData.load(root)  # validates every record before any trial starts
-    return root.resolve()
+    return VQAData.load(root.resolve())  # validates every record before any trial starts
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import yaml
 CONF_DIR = Path(__file__).parent / "conf" / "hardware"
 RUNTIMES = ("onnxruntime",)
 LATENCY_SOURCES = ("measured", "estimated")
-SCHEMES = ("fp32",)
+SCHEMES = ("fp32", "int8_dynamic", "int8_static", "int4_weight_only")
 
 
 class ProfileError(ValueError):
@@ -43,6 +43,7 @@ class HardwareProfile:
     max_cv: float = 0.05  # re-measure while the coefficient of variation is above this
     max_attempts: int = 3
     eval_batch: int = 64  # rows per run when measuring accuracy on the runtime
+    calibration_images: int = 16  # training images whose questions calibrate static quantization
 
     def __post_init__(self) -> None:
         where = f"hardware.{self.name}"

@@ -48,6 +48,10 @@ def run_trial(
     tok = data.tokenizer
     images = ImageCache()
     val = encode_eval(data.val, tok, arch, data.text_len, images)
+    # Static quantization calibrates activation ranges on training samples, never on
+    # the validation set it is scored on.
+    calib_images = max((p.calibration_images for p in cfg.profiles), default=0)
+    calibration = encode_eval(data.train[:calib_images], tok, arch, data.text_len, images)
     metrics: dict[str, float] = {}
     info: dict[str, str] = {"trial_dir": str(trial_dir), "arch_id": arch.arch_id}
 
@@ -61,7 +65,9 @@ def run_trial(
         fp32 = export_onnx(untrained, Path(tmp) / "model.onnx", val)
         for profile in cfg.profiles:
             scheme = arch.quant_for(profile.name)
-            model_file = quantize(fp32, scheme, Path(tmp) / f"{profile.name}_{scheme}.onnx")
+            model_file = quantize(
+                fp32, scheme, Path(tmp) / f"{profile.name}_{scheme}.onnx", calibration
+            )
             latency = measure(model_file, profile, val)
             metrics[f"{profile.name}/latency_p50_ms"] = latency.p50_ms
             metrics[f"{profile.name}/latency_p95_ms"] = latency.p95_ms
@@ -85,7 +91,9 @@ def run_trial(
     fp32 = export_onnx(result.model, trial_dir / "model_fp32.onnx", val)
     for profile in cfg.profiles:
         scheme = arch.quant_for(profile.name)
-        model_file = quantize(fp32, scheme, trial_dir / f"model_{profile.name}_{scheme}.onnx")
+        model_file = quantize(
+            fp32, scheme, trial_dir / f"model_{profile.name}_{scheme}.onnx", calibration
+        )
         start = time.perf_counter()
         metrics[f"{profile.name}/accuracy"] = evaluate(
             model_file, profile, val, data.max_answer_tokens

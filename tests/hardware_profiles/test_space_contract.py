@@ -1,4 +1,5 @@
-"""Every value of every search-space dimension builds, trains, exports and runs in ORT."""
+"""Every value of every search-space dimension builds, trains, exports, runs in ORT and
+quantizes under every CPU scheme."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hardware_profiles import export_onnx
+from hardware_profiles import HardwareProfile, export_onnx, quantize
 from search_spaces import SearchSpace, build_model
 from trainers import torch_forward
 from trainers.data import ImageCache, encode_eval, encode_train
@@ -89,3 +90,12 @@ def test_dimension_value_builds_trains_exports_and_runs(
     (onnx_logits,) = sess.run(["logits"], feeds)
     expected = torch_forward(model)(val.pixel_values, val.tile_mask, val.prompt_ids)
     np.testing.assert_allclose(onnx_logits, expected, rtol=1e-4, atol=1e-4)
+
+    # every CPU scheme quantizes this graph and runs it
+    calibration = encode_eval(shapes_data.train[:2], tok, arch, shapes_data.text_len, images)
+    for scheme in HardwareProfile.load("cpu").quant_schemes:
+        quantized = quantize(path, scheme, tmp_path / f"{scheme}.onnx", calibration)
+        (logits,) = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"]).run(
+            ["logits"], feeds
+        )
+        assert logits.shape == onnx_logits.shape and np.isfinite(logits).all()

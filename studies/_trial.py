@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 
 from hardware_profiles import evaluate, export_onnx, measure, quantize, size_mb
-from search_spaces import ArchConfig, build_model
-from trainers import cached_fit
+from search_spaces import ArchConfig
+from trainers import cached_fit, model_for
 from trainers.data import ImageCache, VQAData, encode_eval
 
 from ._config import VlmnasConfig
@@ -57,9 +57,7 @@ def run_trial(
 
     # 1. Cheap objectives on the untrained candidate: latency and size do not depend on
     #    the weights' values, only on the graph and the scheme.
-    untrained = build_model(
-        arch, vocab_size=len(tok), max_text_len=data.text_len, image_token_id=tok.image_id
-    )
+    untrained = model_for(arch, data)
     metrics["params"] = float(sum(p.numel() for p in untrained.parameters()))
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(untrained, Path(tmp) / "model.onnx", val)

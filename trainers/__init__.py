@@ -1,7 +1,15 @@
 """How a candidate learns: data, the Lightning module, `fit` and its weights cache."""
 
 from ._cache import cache_key, cached_fit
-from ._fit import ExactMatchAccuracy, TrainerConfig, TrainResult, VQAModule, fit, torch_forward
+from ._fit import (
+    ExactMatchAccuracy,
+    TrainerConfig,
+    TrainResult,
+    VQAModule,
+    fit,
+    model_for,
+    torch_forward,
+)
 
 __all__ = [
     "ExactMatchAccuracy",
@@ -11,5 +19,6 @@ __all__ = [
     "cache_key",
     "cached_fit",
     "fit",
+    "model_for",
     "torch_forward",
 ]

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from search_spaces import ArchConfig, build_model
+from search_spaces import ArchConfig
 
-from ._fit import EpochReport, TrainerConfig, TrainResult, fit
+from ._fit import EpochReport, TrainerConfig, TrainResult, fit, model_for
 from .data import ImageCache, VQAData
 
 
@@ -54,10 +54,7 @@ def cached_fit(
     out_dir.mkdir(parents=True, exist_ok=True)
     if (entry / "result.json").is_file():
         saved = json.loads((entry / "result.json").read_text())
-        tok = data.tokenizer
-        model = build_model(
-            arch, vocab_size=len(tok), max_text_len=data.text_len, image_token_id=tok.image_id
-        )
+        model = model_for(arch, data)
         model.load_state_dict(torch.load(entry / "model.pt", weights_only=True))
         for name in ("model.pt", "tokenizer.json"):
             shutil.copyfile(entry / name, out_dir / name)

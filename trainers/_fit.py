@@ -147,6 +147,14 @@ class _ReportEpochs(L.Callback):
             self.report(trainer.current_epoch + 1, metrics)
 
 
+def model_for(arch: ArchConfig, data: VQAData) -> LlavaNextModel:
+    """The untrained model of `arch`, sized for `data`'s vocabulary and text length."""
+    tok = data.tokenizer
+    return build_model(
+        arch, vocab_size=len(tok), max_text_len=data.text_len, image_token_id=tok.image_id
+    )
+
+
 def fit(
     arch: ArchConfig,
     data: VQAData,
@@ -165,9 +173,7 @@ def fit(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     images = images or ImageCache()
     tok = data.tokenizer
-    model = build_model(
-        arch, vocab_size=len(tok), max_text_len=data.text_len, image_token_id=tok.image_id
-    )
+    model = model_for(arch, data)
     train_set = encode_train(data.train, tok, arch, data.text_len, images)
     val_set = encode_eval(data.val, tok, arch, data.text_len, images)
     val_batches = [

@@ -111,20 +111,18 @@ def test_rerun_with_same_name_keeps_finished_trials(searched: Path) -> None:
     assert len(study.get_trials()) == 3
 
 
-def test_search_on_user_llava_data(tmp_path: Path) -> None:
-    data = tmp_path / "bars"
+def make_bars(root: Path, train: int, val: int) -> Path:
+    """A user data set from another generator than shapes-VQA (examples/bars_vqa.py)."""
+    script = REPO / "examples" / "bars_vqa.py"
     subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "examples" / "bars_vqa.py"),
-            str(data),
-            "--train",
-            "40",
-            "--val",
-            "10",
-        ],
+        [sys.executable, str(script), str(root), "--train", str(train), "--val", str(val)],
         check=True,
     )
+    return root
+
+
+def test_search_on_user_llava_data(tmp_path: Path) -> None:
+    data = make_bars(tmp_path / "bars", 40, 10)
     workdir = tmp_path / "runs"
     run = vlmnas(
         "search",
@@ -142,19 +140,7 @@ def test_search_on_user_llava_data(tmp_path: Path) -> None:
 
 
 def _bad_llava(tmp_path: Path) -> Path:
-    root = tmp_path / "bad"
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "examples" / "bars_vqa.py"),
-            str(root),
-            "--train",
-            "3",
-            "--val",
-            "2",
-        ],
-        check=True,
-    )
+    root = make_bars(tmp_path / "bad", 3, 2)
     records = json.loads((root / "val.json").read_text())
     records[1]["conversations"][0]["from"] = "gpt"
     (root / "val.json").write_text(json.dumps(records))

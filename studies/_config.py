@@ -63,6 +63,7 @@ class StudySpec:
     objectives: list[Objective] = field(default_factory=list)
     max_concurrent: int = 1  # trials at once; 1 keeps latency timing off busy cores
     cpus_per_trial: int = 2
+    max_consecutive_failures: int = 5  # stop the study after this many failed trials in a row
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,9 @@ def _check_study(study: StudySpec, profiles: tuple[HardwareProfile, ...]) -> Non
         raise ConfigError(f"study.sampler={study.sampler!r}; allowed {list(SAMPLERS)}")
     if study.population_size < 2:
         raise ConfigError(f"study.population_size={study.population_size}: must be >= 2")
-    if study.max_concurrent < 1 or study.cpus_per_trial < 1:
-        raise ConfigError("study.max_concurrent and study.cpus_per_trial must be >= 1")
+    for key in ("max_concurrent", "cpus_per_trial", "max_consecutive_failures"):
+        if getattr(study, key) < 1:
+            raise ConfigError(f"study.{key}={getattr(study, key)}: must be >= 1")
     if len(study.objectives) < 2:
         raise ConfigError(
             f"study.objectives has {len(study.objectives)}; a multi-objective study needs >= 2"

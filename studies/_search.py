@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import Stopper
 
 from dashboards import MlflowTracker, TrialRecord
 from search_spaces import ArchConfig
@@ -76,13 +77,14 @@ def search(cfg: VlmnasConfig) -> SearchSummary:
 
     storage = optuna.storages.RDBStorage(storage_url(workdir))
     study = _open_study(storage, cfg)
-    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    rerun = _requeue_interrupted(study)
+    finished = _finished_count(study.get_trials(deepcopy=False))
     remaining = cfg.study.n_trials - finished
     tracker = MlflowTracker.for_workdir(workdir)
     parent_run = tracker.start_study(cfg.study.name, {**cfg.raw, "choices": cfg.choices})
     print(
         f"vlmnas: study {cfg.study.name!r} in {workdir}: {finished} trials finished,"
-        f" {max(remaining, 0)} to run (data: {data_root})",
+        f" {max(remaining, 0)} to run{f' ({rerun} interrupted, rerun)' if rerun else ''} (data: {data_root})",
         flush=True,
     )
     failed = False
@@ -128,6 +130,28 @@ def _open_study(storage: optuna.storages.BaseStorage, cfg: VlmnasConfig) -> optu
     return study
 
 
+def _requeue_interrupted(study: optuna.Study) -> int:
+    """Trials left RUNNING by a driver that died: queue their parameters again (the new
+    trial's `rerun_of` names the old one) and close the old one as FAIL, so they are rerun
+    and the study still reaches n_trials."""
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        attrs = {
+            "rerun_of": t.number,
+            **({"baseline": True} if t.user_attrs.get("baseline") else {}),
+        }
+        study.enqueue_trial(t.params, user_attrs=attrs)
+        study.tell(t.number, state=TrialState.FAIL)
+    return len(stale)
+
+
+def _finished_count(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Finished trials for the n_trials count; an interrupted trial that was queued again
+    does not count (its rerun does)."""
+    rerun = {t.user_attrs["rerun_of"] for t in trials if "rerun_of" in t.user_attrs}
+    return sum(t.state in FINISHED and t.number not in rerun for t in trials)
+
+
 def _run_tune(
     cfg: VlmnasConfig,
     data_root: Path,
@@ -157,6 +181,7 @@ def _run_tune(
         study_name=cfg.study.name,
         seed=cfg.study.seed,
     )
+    failures = _FailureLimit(cfg.study.max_consecutive_failures)
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, cfg=cfg, data_root=data_root),
         {"cpu": cfg.study.cpus_per_trial},
@@ -172,11 +197,18 @@ def _run_tune(
         run_config=tune.RunConfig(
             name=cfg.study.name,
             storage_path=str(cfg.workdir / "ray"),
-            callbacks=[_TrackTrials(tracker, cfg, parent_run)],
+            callbacks=[_TrackTrials(tracker, cfg, parent_run, failures)],
+            stop=failures,
             verbose=0,
         ),
     )
     tuner.fit()
+    if failures.tripped:
+        raise StudyError(
+            f"stopped after {failures.consecutive} consecutive failed trials"
+            f" (study.max_consecutive_failures={cfg.study.max_consecutive_failures});"
+            f" last reason: {failures.last_reason}"
+        )
 
 
 class _DefineByRun:
@@ -263,10 +295,40 @@ class _StudySearch(OptunaSearch):  # type: ignore[misc]
         self._completed_trials.add(trial_id)
 
 
-class _TrackTrials(Callback):  # type: ignore[misc]
-    """Logs each finished trial to MLflow and prints one progress line."""
+class StudyError(RuntimeError):
+    """The study cannot go on (for example: too many failed trials in a row)."""
 
-    def __init__(self, tracker: MlflowTracker, cfg: VlmnasConfig, parent_run: str) -> None:
+
+class _FailureLimit(Stopper):  # type: ignore[misc]
+    """Ends the whole experiment once `limit` trials in a row have failed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.consecutive = 0
+        self.last_reason = ""
+
+    def record(self, failed: bool, reason: str = "") -> None:
+        self.consecutive = self.consecutive + 1 if failed else 0
+        self.last_reason = reason or self.last_reason
+
+    @property
+    def tripped(self) -> bool:
+        return self.consecutive >= self.limit
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.tripped
+
+
+class _TrackTrials(Callback):  # type: ignore[misc]
+    """Logs each finished trial to MLflow, counts failures, prints one progress line."""
+
+    def __init__(
+        self, tracker: MlflowTracker, cfg: VlmnasConfig, parent_run: str, failures: _FailureLimit
+    ) -> None:
+        self.failures = failures
         self.tracker = tracker
         self.cfg = cfg
         self.parent_run = parent_run
@@ -308,6 +370,7 @@ class _TrackTrials(Callback):  # type: ignore[misc]
             series={"val_accuracy": result.get("val_accuracy_history", [])},
         )
         self.tracker.log_trial(self.cfg.study.name, self.parent_run, record)
+        self.failures.record(values is None, tags.get("fail_reason", ""))
         shown = ", ".join(f"{m}={metrics[m]:.4g}" for m in self.metrics if m in metrics)
         status = "complete" if values is not None else f"FAILED ({tags['fail_reason'][:200]})"
         elapsed = time.monotonic() - self.start
@@ -333,7 +396,7 @@ def summarize(
     ]
     return SearchSummary(
         study_name=cfg.study.name,
-        finished=sum(t.state in FINISHED for t in trials),
+        finished=_finished_count(trials),
         complete=len(complete),
         failed=sum(t.state == TrialState.FAIL for t in trials),
         front=front,

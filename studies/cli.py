@@ -29,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainers.data import DataError
 
     from ._config import ConfigError, load_config
+    from ._search import StudyError
 
     try:
         cfg = load_config(args.overrides)
@@ -56,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, SearchSpaceError, ProfileError, FileExistsError) as exc:
         print(f"vlmnas: error: {exc}", file=sys.stderr)
         return 2
+    except StudyError as exc:
+        print(f"vlmnas: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

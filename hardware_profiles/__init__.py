@@ -1,10 +1,20 @@
 """Where a candidate runs: hardware profiles, ONNX export, quantization, measurement."""
 
 from ._profile import HardwareProfile, ProfileError, known_profiles
-from ._runtime import LatencyReport, evaluate, export_onnx, measure, quantize, session, size_mb
+from ._runtime import (
+    LatencyCache,
+    LatencyReport,
+    evaluate,
+    export_onnx,
+    measure,
+    quantize,
+    session,
+    size_mb,
+)
 
 __all__ = [
     "HardwareProfile",
+    "LatencyCache",
     "LatencyReport",
     "ProfileError",
     "evaluate",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import statistics
@@ -211,6 +213,41 @@ def measure(onnx_path: Path, profile: HardwareProfile, example: EncodedVQA) -> L
         runtime=f"onnxruntime {ort.__version__} {profile.execution_provider}",
         cpu=_cpu_description(),
     )
+
+
+class LatencyCache:
+    """Measured latencies by (architecture, scheme, profile, runtime version).
+
+    The key takes the whole profile (threads, batch, timing settings), so changing any of
+    them re-measures; so does another onnxruntime version. One JSON file per entry,
+    written atomically.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def key(self, graph_id: str, scheme: str, profile: HardwareProfile) -> str:
+        payload = json.dumps(
+            {
+                "graph": graph_id,
+                "scheme": scheme,
+                "profile": asdict(profile),
+                "runtime": ort.__version__,
+            },
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def get(self, key: str) -> LatencyReport | None:
+        path = self.root / f"{key}.json"
+        return LatencyReport(**json.loads(path.read_text())) if path.is_file() else None
+
+    def put(self, key: str, report: LatencyReport) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{key}.tmp"
+        tmp.write_text(json.dumps(report.as_dict()))
+        os.replace(tmp, self.root / f"{key}.json")
 
 
 def evaluate(

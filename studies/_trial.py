@@ -1,7 +1,7 @@
 """`run_trial`: the one place where a trial's steps are ordered.
 
 1. Cheap objectives first: build the untrained model, export, quantize per profile,
-   measure latency and size.
+   measure latency (or take it from the latency cache) and size.
 2. Train for the trial's budget, reporting validation accuracy every epoch (or take the
    weights from the cache when this architecture was trained before).
 3. Export the trained model, quantize it per profile, and measure `<profile>/accuracy`
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from hardware_profiles import evaluate, export_onnx, measure, quantize, size_mb
+from hardware_profiles import LatencyCache, evaluate, export_onnx, measure, quantize, size_mb
 from search_spaces import ArchConfig
 from trainers import cached_fit, model_for
 from trainers.data import ImageCache, VQAData, encode_eval
@@ -59,6 +59,7 @@ def run_trial(
     #    the weights' values, only on the graph and the scheme.
     untrained = model_for(arch, data)
     metrics["params"] = float(sum(p.numel() for p in untrained.parameters()))
+    latency_cache = LatencyCache(cfg.workdir / "cache" / "latency")
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(untrained, Path(tmp) / "model.onnx", val)
         for profile in cfg.profiles:
@@ -66,7 +67,13 @@ def run_trial(
             model_file = quantize(
                 fp32, scheme, Path(tmp) / f"{profile.name}_{scheme}.onnx", calibration
             )
-            latency = measure(model_file, profile, val)
+            key = latency_cache.key(
+                f"{arch.weights_id}-{data.text_len}x{len(tok)}", scheme, profile
+            )
+            latency = latency_cache.get(key)
+            if latency is None:
+                latency = measure(model_file, profile, val)
+                latency_cache.put(key, latency)
             metrics[f"{profile.name}/latency_p50_ms"] = latency.p50_ms
             metrics[f"{profile.name}/latency_p95_ms"] = latency.p95_ms
             metrics[f"{profile.name}/latency_cv"] = latency.cv

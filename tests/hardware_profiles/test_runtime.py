@@ -99,3 +99,23 @@ def test_profile_yaml_is_validated() -> None:
         HardwareProfile.load("tpu")
     with pytest.raises(ProfileError, match="is not available"):
         HardwareProfile(name="x", execution_provider="NoSuchExecutionProvider").check_available()
+
+
+def test_latency_cache_round_trip_and_key(exported, tmp_path: Path) -> None:
+    import dataclasses
+
+    from hardware_profiles import LatencyCache
+
+    _, val, path = exported
+    cache = LatencyCache(tmp_path / "lat")
+    profile = HardwareProfile(
+        name="cpu", threads=1, warmup=1, repeats=5, min_time_s=0.0, max_attempts=1
+    )
+    key = cache.key("graph", "fp32", profile)
+    assert cache.get(key) is None
+    report = measure(path, profile, val)
+    cache.put(key, report)
+    assert cache.get(key) == report
+    assert cache.key("graph", "int8_dynamic", profile) != key
+    assert cache.key("graph", "fp32", dataclasses.replace(profile, threads=2)) != key
+    assert cache.key("other", "fp32", profile) != key

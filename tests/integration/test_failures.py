@@ -25,7 +25,9 @@ def test_nan_loss_trials_fail_cleanly_and_the_limit_stops_the_study(tmp_path: Pa
     )
     assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
     last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith("vlmnas: error: stopped after 2 consecutive failed trials"), run.stderr[-2000:]
+    assert last.startswith("vlmnas: error: stopped after 2 consecutive failed trials"), run.stderr[
+        -2000:
+    ]
     assert "study.max_consecutive_failures=2" in last and "training loss is" in last
 
     study = optuna.load_study(study_name="nan", storage=f"sqlite:///{workdir / 'optuna.db'}")

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 COMMANDS = {
     "search": "run (or resume) the study: sample, train, measure, keep the Pareto front",
     "export": "write the study's Pareto-optimal trials to <workdir>/<study>/export/",
+    "dashboard": "serve the MLflow UI for the study on 127.0.0.1 (--port, --host)",
 }
 
 
@@ -22,6 +23,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("overrides", nargs="*", help="Hydra overrides (key=value)")
+        if name == "dashboard":
+            p.add_argument("--port", type=int, default=5000)
+            p.add_argument(
+                "--host", default="127.0.0.1", help="bind address (default: loopback only)"
+            )
     args = parser.parse_args(argv)
 
     from hardware_profiles import ProfileError
@@ -48,6 +54,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"vlmnas: chance level (most common training answer per question kind):"
                 f" {summary.chance:.4g}"
+            )
+        elif args.command == "dashboard":
+            from dashboards import MlflowTracker, serve
+
+            if not (cfg.workdir / "mlflow.db").is_file():
+                raise ConfigError(
+                    f"study.workdir={str(cfg.workdir)!r} has no mlflow.db; run `vlmnas search` first"
+                )
+            exp = MlflowTracker.for_workdir(cfg.workdir).client.get_experiment_by_name(
+                cfg.study.name
+            )
+            if exp is None:
+                raise ConfigError(
+                    f"study.name={cfg.study.name!r} has no MLflow experiment in {cfg.workdir}"
+                )
+            return serve(
+                cfg.workdir, experiment_id=str(exp.experiment_id), host=args.host, port=args.port
             )
         elif args.command == "export":
             from ._export import export_study

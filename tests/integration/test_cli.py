@@ -178,3 +178,47 @@ def test_bad_input_is_one_line_before_anything_is_written(
     assert len(lines) == 1 and lines[0].startswith("vlmnas: error: "), run.stderr
     assert needle in lines[0]
     assert not (workdir / "optuna.db").exists() and not (workdir / "mlflow.db").exists()
+
+
+def test_dashboard_serves_the_study_on_loopback(searched: Path) -> None:
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "studies.cli",
+            "dashboard",
+            f"study.workdir={searched}",
+            "study.name=tiny",
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(api, timeout=5) as response:
+                    body = json.loads(response.read())
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read() if server.stdout else ""
+                assert time.monotonic() < deadline, "the MLflow UI did not come up"
+                time.sleep(1)
+        assert body["experiment"]["name"] == "tiny"
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    assert f"MLflow UI at http://127.0.0.1:{port}/#/experiments/" in output
+    assert "optuna-dashboard sqlite:///" in output

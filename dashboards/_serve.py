@@ -1,0 +1,48 @@
+"""`vlmnas dashboard`: the MLflow UI for a study's tracking store, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ._mlflow import tracking_uri_for
+
+
+def dashboard_command(workdir: Path, *, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The `mlflow server` command line for the study store in `workdir` (one worker:
+    the store is SQLite and the reviewers are few)."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        tracking_uri_for(workdir),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+
+
+def optuna_dashboard_hint(workdir: Path) -> str:
+    db = Path(workdir).resolve() / "optuna.db"
+    return f"pip install optuna-dashboard && optuna-dashboard sqlite:///{db}"
+
+
+def serve(
+    workdir: Path, *, experiment_id: str | None, host: str = "127.0.0.1", port: int = 5000
+) -> int:
+    """Run the MLflow UI in the foreground until interrupted; returns its exit code."""
+    url = f"http://{host}:{port}/" + (f"#/experiments/{experiment_id}" if experiment_id else "")
+    print(f"vlmnas: MLflow UI at {url} (Ctrl-C stops it)", flush=True)
+    print(
+        f"vlmnas: the same study in optuna-dashboard: {optuna_dashboard_hint(workdir)}", flush=True
+    )
+    try:
+        return subprocess.call(dashboard_command(workdir, host=host, port=port))
+    except KeyboardInterrupt:
+        return 0

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from ._mlflow import tracking_uri_for
 
@@ -35,14 +35,13 @@ def optuna_dashboard_hint(workdir: Path) -> str:
 
 def serve(
     workdir: Path, *, experiment_id: str | None, host: str = "127.0.0.1", port: int = 5000
-) -> int:
-    """Run the MLflow UI in the foreground until interrupted; returns its exit code."""
+) -> NoReturn:
+    """Become the MLflow UI process (exec), so Ctrl-C and SIGTERM reach the server itself
+    and no orphan keeps the port."""
     url = f"http://{host}:{port}/" + (f"#/experiments/{experiment_id}" if experiment_id else "")
     print(f"vlmnas: MLflow UI at {url} (Ctrl-C stops it)", flush=True)
     print(
         f"vlmnas: the same study in optuna-dashboard: {optuna_dashboard_hint(workdir)}", flush=True
     )
-    try:
-        return subprocess.call(dashboard_command(workdir, host=host, port=port))
-    except KeyboardInterrupt:
-        return 0
+    command = dashboard_command(workdir, host=host, port=port)
+    os.execv(command[0], command)

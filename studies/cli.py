@@ -69,9 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(
                     f"study.name={cfg.study.name!r} has no MLflow experiment in {cfg.workdir}"
                 )
-            return serve(
-                cfg.workdir, experiment_id=str(exp.experiment_id), host=args.host, port=args.port
-            )
+            serve(cfg.workdir, experiment_id=str(exp.experiment_id), host=args.host, port=args.port)
         elif args.command == "export":
             from ._export import export_study
 

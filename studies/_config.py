@@ -48,6 +48,9 @@ class ConfigError(ValueError):
 class Objective:
     metric: str = "cpu/accuracy"
     direction: str = "maximize"
+    # Hypervolume reference value; None: 0 when maximizing, twice the baseline trial's
+    # value when minimizing.
+    reference: float | None = None
 
 
 @dataclass

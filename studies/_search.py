@@ -30,7 +30,7 @@ from search_spaces import ArchConfig
 from trainers.data import prepare_data
 
 from ._config import ConfigError, StudySpec, VlmnasConfig
-from ._pareto import pareto_front
+from ._pareto import hypervolume, pareto_front
 from ._trial import run_trial
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -197,7 +197,7 @@ def _run_tune(
         run_config=tune.RunConfig(
             name=cfg.study.name,
             storage_path=str(cfg.workdir / "ray"),
-            callbacks=[_TrackTrials(tracker, cfg, parent_run, failures)],
+            callbacks=[_TrackTrials(tracker, cfg, parent_run, failures, storage, num_samples)],
             stop=failures,
             verbose=0,
         ),
@@ -326,19 +326,30 @@ class _TrackTrials(Callback):  # type: ignore[misc]
     """Logs each finished trial to MLflow, counts failures, prints one progress line."""
 
     def __init__(
-        self, tracker: MlflowTracker, cfg: VlmnasConfig, parent_run: str, failures: _FailureLimit
+        self,
+        tracker: MlflowTracker,
+        cfg: VlmnasConfig,
+        parent_run: str,
+        failures: _FailureLimit,
+        storage: optuna.storages.BaseStorage,
+        to_run: int,
     ) -> None:
         self.failures = failures
         self.tracker = tracker
         self.cfg = cfg
         self.parent_run = parent_run
+        self.storage = storage
+        self.to_run = to_run
+        self.finished_here = 0
         self.metrics = [o.metric for o in cfg.study.objectives]
         self.start = time.monotonic()
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.finished_here += 1
         self._log(trial, trial.last_result, None)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.finished_here += 1
         self._log(
             trial, trial.last_result, str(getattr(trial, "error_msg", None) or "trial raised")
         )
@@ -373,8 +384,47 @@ class _TrackTrials(Callback):  # type: ignore[misc]
         self.failures.record(values is None, tags.get("fail_reason", ""))
         shown = ", ".join(f"{m}={metrics[m]:.4g}" for m in self.metrics if m in metrics)
         status = "complete" if values is not None else f"FAILED ({tags['fail_reason'][:200]})"
+        print(f"vlmnas: trial {number} {status} {shown}", flush=True)
+        print(f"vlmnas: {self._progress()}", flush=True)
+
+    def _progress(self) -> str:
+        """Counts by state, front size, hypervolume, elapsed and estimated remaining time."""
+        study = optuna.load_study(study_name=self.cfg.study.name, storage=self.storage)
+        trials = study.get_trials(deepcopy=False)
+        count = {s: sum(t.state == s for t in trials) for s in TrialState}
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        directions = [o.direction for o in self.cfg.study.objectives]
+        front = pareto_front([t.values for t in complete], directions)
+        hv = hypervolume([complete[i].values for i in front], directions, self._reference(complete))
+        done_here = max(self.finished_here, 1)
         elapsed = time.monotonic() - self.start
-        print(f"vlmnas: trial {number} {status} {shown} [{elapsed:.0f}s]", flush=True)
+        left = (self.to_run - self.finished_here) * elapsed / done_here
+        return (
+            f"{_finished_count(trials)}/{self.cfg.study.n_trials} finished"
+            f" ({count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned,"
+            f" {count[TrialState.FAIL]} failed), {count[TrialState.RUNNING]} running;"
+            f" front {len(front)}, hypervolume {hv:.4g};"
+            f" {_clock(elapsed)} elapsed, ~{_clock(left)} left"
+        )
+
+    def _reference(self, complete: list[optuna.trial.FrozenTrial]) -> list[float]:
+        baseline = next(
+            (t for t in complete if t.user_attrs.get("baseline")), complete[0] if complete else None
+        )
+        ref = []
+        for i, o in enumerate(self.cfg.study.objectives):
+            if o.reference is not None:
+                ref.append(o.reference)
+            elif o.direction == "maximize":
+                ref.append(0.0)
+            else:
+                ref.append(2.0 * baseline.values[i] if baseline else float("inf"))
+        return ref
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
 
 
 def summarize(

@@ -36,3 +36,42 @@ def test_dominates_definition() -> None:
         dominates(a, b, d) and dominates(b, a, d)
         for a, b in itertools.permutations([(0, 2), (2, 0), (1, 1)], 2)
     )
+
+
+def test_hypervolume_hand_examples() -> None:
+    from studies._pareto import hypervolume
+
+    mm = ["minimize", "minimize"]
+    # one point: a rectangle 2 x 3
+    assert hypervolume([(1, 1)], mm, (3, 4)) == 6
+    # two points, staircase: (1,3) and (2,1) under ref (4,4): 3*1 + 2*2 = 7
+    assert hypervolume([(1, 3), (2, 1)], mm, (4, 4)) == 7
+    # a dominated point adds nothing; a point outside the reference adds nothing
+    assert hypervolume([(1, 3), (2, 1), (3, 3), (5, 0)], mm, (4, 4)) == 7
+    # maximize accuracy, minimize latency: (0.8, 2) and (0.6, 1) against (0, 3)
+    assert (
+        abs(
+            hypervolume([(0.8, 2.0), (0.6, 1.0)], ["maximize", "minimize"], (0.0, 3.0))
+            - (0.8 * 1 + 0.6 * 1)
+        )
+        < 1e-12
+    )
+    # three objectives: unit cube corner
+    assert hypervolume([(0, 0, 0)], ["minimize"] * 3, (1, 2, 3)) == 6
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_hypervolume_matches_grid_count(seed: int) -> None:
+    from studies._pareto import hypervolume
+
+    rng = random.Random(seed)
+    points = [(rng.randint(0, 9), rng.randint(0, 9), rng.randint(0, 9)) for _ in range(8)]
+    ref = (10, 10, 10)
+    # count unit cells [x, x+1) x ... dominated by some point (integer coordinates: exact)
+    cells = sum(
+        any(p[0] <= x and p[1] <= y and p[2] <= z for p in points)
+        for x in range(10)
+        for y in range(10)
+        for z in range(10)
+    )
+    assert hypervolume(points, ["minimize"] * 3, ref) == cells

@@ -54,6 +54,15 @@ class Objective:
 
 
 @dataclass
+class AshaSpec:
+    """Early stopping of weak trials by Ray Tune's ASHA on per-epoch val_accuracy."""
+
+    enabled: bool = False
+    grace_period: int = 2  # epochs every trial gets before it can be stopped
+    reduction_factor: int = 3  # keep the top 1/reduction_factor at each rung
+
+
+@dataclass
 class StudySpec:
     """The `study` config group: what to optimise, how, and where results go."""
 
@@ -67,6 +76,7 @@ class StudySpec:
     max_concurrent: int = 1  # trials at once; 1 keeps latency timing off busy cores
     cpus_per_trial: int = 2
     max_consecutive_failures: int = 5  # stop the study after this many failed trials in a row
+    asha: AshaSpec = field(default_factory=AshaSpec)
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,11 @@ def _check_study(study: StudySpec, profiles: tuple[HardwareProfile, ...]) -> Non
         raise ConfigError(f"study.sampler={study.sampler!r}; allowed {list(SAMPLERS)}")
     if study.population_size < 2:
         raise ConfigError(f"study.population_size={study.population_size}: must be >= 2")
+    if study.asha.grace_period < 1 or study.asha.reduction_factor < 2:
+        raise ConfigError(
+            f"study.asha: grace_period={study.asha.grace_period} must be >= 1 and"
+            f" reduction_factor={study.asha.reduction_factor} >= 2"
+        )
     for key in ("max_concurrent", "cpus_per_trial", "max_consecutive_failures"):
         if getattr(study, key) < 1:
             raise ConfigError(f"study.{key}={getattr(study, key)}: must be >= 1")

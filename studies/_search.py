@@ -22,6 +22,7 @@ import ray
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
@@ -190,6 +191,7 @@ def _run_tune(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
+            scheduler=_scheduler(cfg),
             num_samples=num_samples,
             max_concurrent_trials=cfg.study.max_concurrent,
             reuse_actors=True,
@@ -209,6 +211,21 @@ def _run_tune(
             f" (study.max_consecutive_failures={cfg.study.max_consecutive_failures});"
             f" last reason: {failures.last_reason}"
         )
+
+
+def _scheduler(cfg: VlmnasConfig) -> Any:
+    """ASHA on per-epoch val_accuracy (one metric: ASHA takes one), or none."""
+    asha = cfg.study.asha
+    if not asha.enabled:
+        return None
+    return ASHAScheduler(
+        metric="val_accuracy",
+        mode="max",
+        time_attr="training_iteration",  # one report per epoch, then the final one
+        max_t=cfg.trainer.max_epochs + 1,
+        grace_period=asha.grace_period,
+        reduction_factor=asha.reduction_factor,
+    )
 
 
 class _DefineByRun:
@@ -246,35 +263,57 @@ def _trainable(config: dict[str, Any], *, cfg: VlmnasConfig, data_root: Path) ->
     # Flat keys only: Ray hands searchers a flattened copy of the result and callbacks
     # the original, and both must read the same names.
     tune.report(
-        {**outcome.metrics, **outcome.info, "val_accuracy_history": outcome.series["val_accuracy"]}
+        {
+            **outcome.metrics,
+            **outcome.info,
+            "val_accuracy_history": outcome.series["val_accuracy"],
+            "final": True,
+        }
     )
 
 
-def _objective_values(result: dict[str, Any] | None, metrics: list[str]) -> list[float] | None:
-    if not result or "error" in result:
-        return None
+@dataclass(frozen=True)
+class _Outcome:
+    state: str  # complete | pruned | failed, as the dashboards name them
+    values: list[float] | None
+    reason: str
+
+
+def _outcome(
+    result: dict[str, Any] | None, metrics: list[str], error: str | None = None
+) -> _Outcome:
+    """How a trial ended, from its last report: the searcher and the MLflow callback
+    must agree on it.
+
+    A last report without the `final` marker is a per-epoch one: the scheduler (ASHA)
+    stopped the trial early, so it is pruned, never on the front.
+    """
+    if error is not None or not result:
+        return _Outcome("failed", None, error or "trial ended without reporting")
+    if "error" in result:
+        return _Outcome("failed", None, str(result["error"]))
+    if not result.get("final"):
+        return _Outcome(
+            "pruned", None, f"stopped early by the scheduler after epoch {result.get('epoch')}"
+        )
     values = [result.get(m) for m in metrics]
     if all(isinstance(v, int | float) and math.isfinite(v) for v in values):
-        return [float(v) for v in values]  # type: ignore[arg-type]
-    return None
-
-
-def _failure_reason(result: dict[str, Any] | None, metrics: list[str]) -> str:
-    if not result:
-        return "trial ended without reporting"
-    if "error" in result:
-        return str(result["error"])
-    bad = {m: result.get(m) for m in metrics}
-    return f"objective values missing or not finite: {bad}"
+        return _Outcome("complete", [float(v) for v in values], "")  # type: ignore[arg-type]
+    return _Outcome(
+        "failed",
+        None,
+        f"objective values missing or not finite: {dict(zip(metrics, values, strict=True))}",
+    )
 
 
 class _StudySearch(OptunaSearch):  # type: ignore[misc]
     """`OptunaSearch` that never leaves an Optuna trial RUNNING.
 
     Stock `OptunaSearch` passes a NaN or missing multi-objective value to `study.tell`,
-    which raises; it logs a warning and the trial stays RUNNING. Here such a trial, or
-    one that reported an `error`, is told as FAIL with the reason in its user
-    attributes; every trial gets `arch_id` and `trial_dir` when it reported them.
+    which raises; it logs a warning and the trial stays RUNNING. It also tells trials
+    that ASHA stopped early as COMPLETE with partial metrics. Here a trial is told as
+    `_outcome` says: COMPLETE with its objectives, PRUNED when the scheduler stopped it,
+    FAIL otherwise, with the reason in its user attributes.
     """
 
     def on_trial_complete(
@@ -283,15 +322,20 @@ class _StudySearch(OptunaSearch):  # type: ignore[misc]
         if trial_id in self._completed_trials:
             return
         ot_trial = self._ot_trials[trial_id]
-        values = None if error else _objective_values(result, list(self.metric))
+        outcome = _outcome(
+            result, list(self.metric), "trial raised (see the MLflow run)" if error else None
+        )
         for key in ("arch_id", "trial_dir"):
             if key in (result or {}):
                 ot_trial.set_user_attr(key, result[key])
-        if values is None:
-            ot_trial.set_user_attr("fail_reason", _failure_reason(result, list(self.metric)))
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        if outcome.state == "complete":
+            self._ot_study.tell(ot_trial, outcome.values, state=TrialState.COMPLETE)
         else:
-            self._ot_study.tell(ot_trial, values, state=TrialState.COMPLETE)
+            ot_trial.set_user_attr(
+                "fail_reason" if outcome.state == "failed" else "pruned_reason", outcome.reason
+            )
+            state = TrialState.PRUNED if outcome.state == "pruned" else TrialState.FAIL
+            self._ot_study.tell(ot_trial, state=state)
         self._completed_trials.add(trial_id)
 
 
@@ -341,8 +385,15 @@ class _TrackTrials(Callback):  # type: ignore[misc]
         self.storage = storage
         self.to_run = to_run
         self.finished_here = 0
+        self.epoch_history: dict[str, list[float]] = {}
         self.metrics = [o.metric for o in cfg.study.objectives]
         self.start = time.monotonic()
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        if "epoch" in result and not result.get("final"):
+            self.epoch_history.setdefault(trial.trial_id, []).append(float(result["val_accuracy"]))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.finished_here += 1
@@ -358,8 +409,8 @@ class _TrackTrials(Callback):  # type: ignore[misc]
         config = trial.config
         number = int(config["trial_number"])
         arch = ArchConfig.from_dict(config["arch"])
+        outcome = _outcome(result, self.metrics, error)
         result = result or {}
-        values = None if error else _objective_values(result, self.metrics)
         metrics = {
             k: float(v)
             for k, v in result.items()
@@ -368,22 +419,26 @@ class _TrackTrials(Callback):  # type: ignore[misc]
         }
         tags = {"arch_id": arch.arch_id, "trial_number": str(number)}
         tags.update({k: str(v) for k, v in result.items() if k.endswith("latency_source")})
-        if values is None:
-            tags["fail_reason"] = error or _failure_reason(result, self.metrics)
+        if outcome.state != "complete":
+            tags["fail_reason" if outcome.state == "failed" else "pruned_reason"] = outcome.reason
         trial_dir = Path(result.get("trial_dir", self.cfg.study_dir / "trials" / str(number)))
+        # A pruned trial's accuracy history comes from its per-epoch reports.
+        history = result.get("val_accuracy_history") or self.epoch_history.pop(trial.trial_id, [])
         record = TrialRecord(
             number=number,
-            state="complete" if values is not None else "failed",
+            state=outcome.state,
             params={k: v for k, v in config.items() if k not in ("arch", "trial_number")},
             metrics=metrics,
             tags=tags,
             artifacts=(trial_dir / "config.yaml", trial_dir / "metrics.json"),
-            series={"val_accuracy": result.get("val_accuracy_history", [])},
+            series={"val_accuracy": history},
         )
         self.tracker.log_trial(self.cfg.study.name, self.parent_run, record)
-        self.failures.record(values is None, tags.get("fail_reason", ""))
+        self.failures.record(outcome.state == "failed", outcome.reason)
         shown = ", ".join(f"{m}={metrics[m]:.4g}" for m in self.metrics if m in metrics)
-        status = "complete" if values is not None else f"FAILED ({tags['fail_reason'][:200]})"
+        status = {"complete": "complete", "pruned": f"pruned ({outcome.reason})"}.get(
+            outcome.state, f"FAILED ({outcome.reason[:200]})"
+        )
         print(f"vlmnas: trial {number} {status} {shown}", flush=True)
         print(f"vlmnas: {self._progress()}", flush=True)
 

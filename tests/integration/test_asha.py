@@ -1,0 +1,61 @@
+"""ASHA-stopped trials are PRUNED in Optuna and MLflow and never on the front or exported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from dashboards import tracking_uri_for
+from tests.integration.test_cli import vlmnas
+
+
+def test_asha_pruned_trials_stay_off_the_front(tmp_path: Path) -> None:
+    workdir = tmp_path / "runs"
+    # Enough data and width choices that trials differ after one epoch: ASHA only stops
+    # a trial strictly below its rung's cutoff, so identical accuracies stop nothing.
+    common = [
+        f"study.workdir={workdir}",
+        "study.name=asha",
+        "trainer.threads=1",
+        "study.population_size=2",
+    ]
+    run = vlmnas(
+        "search",
+        *common,
+        "study.n_trials=6",
+        "trainer.max_epochs=2",
+        "data.train_images=400",
+        "data.val_images=40",
+        "study.asha.enabled=true",
+        "study.asha.grace_period=1",
+        "study.asha.reduction_factor=2",
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    study = optuna.load_study(study_name="asha", storage=f"sqlite:///{workdir / 'optuna.db'}")
+    trials = study.get_trials()
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert pruned, f"ASHA stopped no trial: {[t.state for t in trials]}"
+    assert len(pruned) + len(complete) == 6
+    for t in pruned:
+        assert "stopped early by the scheduler" in t.user_attrs["pruned_reason"]
+
+    front = {m["number"] for m in json.loads((workdir / "asha" / "pareto.json").read_text())}
+    assert front and front <= {t.number for t in complete}
+    export = vlmnas("export", *common)
+    assert export.returncode == 0, export.stderr
+    assert {int(p.name) for p in (workdir / "asha" / "export").iterdir()} == front
+
+    client = MlflowClient(tracking_uri_for(workdir))
+    runs = client.search_runs([client.get_experiment_by_name("asha").experiment_id])
+    by_number = {
+        int(r.data.tags["trial_number"]): r
+        for r in runs
+        if r.data.tags.get("vlmnas.role") == "trial"
+    }
+    for t in pruned:
+        assert by_number[t.number].data.tags["state"] == "pruned"
+        assert by_number[t.number].info.status == "KILLED"

@@ -25,7 +25,7 @@ from trainers.data import DataConfig
 
 from ._pareto import DIRECTIONS
 
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
 PROFILE_METRICS = ("accuracy", "latency_p50_ms", "latency_p95_ms", "size_mb")
 GLOBAL_METRICS = ("val_accuracy", "params")
 
@@ -70,7 +70,7 @@ class StudySpec:
     workdir: str = "runs"
     n_trials: int = 10
     seed: int = 0
-    sampler: str = "nsga2"
+    sampler: str = "nsga2"  # nsga2 | nsga3 | tpe | gp | random
     population_size: int = 4  # NSGA-II generation size
     objectives: list[Objective] = field(default_factory=list)
     max_concurrent: int = 1  # trials at once; 1 keeps latency timing off busy cores

@@ -42,10 +42,17 @@ def storage_url(workdir: Path) -> str:
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """The study's Optuna sampler, seeded. The GP sampler needs torch (a dependency) and
+    starts from `population_size` random trials; its categorical space is the whole
+    search space's one-hot encoding."""
     if spec.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=spec.population_size, seed=spec.seed)
+    if spec.sampler == "nsga3":
+        return optuna.samplers.NSGAIIISampler(population_size=spec.population_size, seed=spec.seed)
     if spec.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
+    if spec.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=spec.seed, n_startup_trials=spec.population_size)
     return optuna.samplers.RandomSampler(seed=spec.seed)
 
 

@@ -162,7 +162,10 @@ def _bad_llava(tmp_path: Path) -> Path:
             "study.n_trials: Value 'many' of type 'str' could not be converted to Integer",
         ),
         (["trainer.max_epochs=1.5"], "trainer.max_epochs"),
-        (["study.sampler=grid"], "study.sampler='grid'; allowed ['nsga2', 'tpe', 'random']"),
+        (
+            ["study.sampler=grid"],
+            "study.sampler='grid'; allowed ['nsga2', 'nsga3', 'tpe', 'gp', 'random']",
+        ),
         ("BAD_LLAVA", "val.json record 1"),
     ],
 )

@@ -58,7 +58,14 @@ class HardwareProfile:
         for scheme in self.quant_schemes:
             if scheme not in SCHEMES:
                 raise ProfileError(f"{where}.quant_schemes has {scheme!r}; allowed {list(SCHEMES)}")
-        for key in ("threads", "batch", "repeats", "max_attempts", "eval_batch"):
+        for key in (
+            "threads",
+            "batch",
+            "repeats",
+            "max_attempts",
+            "eval_batch",
+            "calibration_images",
+        ):
             if getattr(self, key) < 1:
                 raise ProfileError(f"{where}.{key}={getattr(self, key)}: must be >= 1")
 

@@ -97,6 +97,8 @@ def test_profile_yaml_is_validated() -> None:
         HardwareProfile.from_mapping("cpu", {"thread": 2})
     with pytest.raises(ProfileError, match="not found; known: \\['cpu'"):
         HardwareProfile.load("tpu")
+    with pytest.raises(ProfileError, match="calibration_images=0: must be >= 1"):
+        HardwareProfile(name="cpu", calibration_images=0)
     with pytest.raises(ProfileError, match="is not available"):
         HardwareProfile(name="x", execution_provider="NoSuchExecutionProvider").check_available()
 

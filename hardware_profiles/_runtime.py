@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
-import statistics
 import tempfile
 import time
 import warnings
@@ -20,14 +18,18 @@ import torch
 
 from search_spaces import EncodedVQA, decode_accuracy
 
-from ._profile import SCHEMES, HardwareProfile, ProfileError
+from ._profile import ORT_SCHEMES, HardwareProfile, ProfileError, register_ep_library
+from ._report import LatencyReport, cpu_description, time_runs
 
 INPUT_NAMES = ("pixel_values", "tile_mask", "input_ids")
 OPSET = 17
 
 
-def export_onnx(model: torch.nn.Module, path: Path, example: EncodedVQA) -> Path:
-    """Export `model` (inputs as in `search_spaces._model`) with a dynamic batch axis.
+def export_onnx(
+    model: torch.nn.Module, path: Path, example: EncodedVQA, *, static: bool = False
+) -> Path:
+    """Export `model` (inputs as in `search_spaces._model`) with a dynamic batch axis, or
+    with batch 1 fixed when `static` (NPU compilers need fixed shapes).
 
     Uses the TorchScript exporter: it takes ~0.1 s for these models against several
     seconds for the dynamo exporter, and yields plain MatMul/Softmax graphs that ORT's
@@ -50,7 +52,9 @@ def export_onnx(model: torch.nn.Module, path: Path, example: EncodedVQA) -> Path
             str(tmp),
             input_names=list(INPUT_NAMES),
             output_names=["logits"],
-            dynamic_axes={name: {0: "batch"} for name in (*INPUT_NAMES, "logits")},
+            dynamic_axes=None
+            if static
+            else {name: {0: "batch"} for name in (*INPUT_NAMES, "logits")},
             opset_version=OPSET,
             dynamo=False,
         )
@@ -70,12 +74,15 @@ def quantize(
       ranges come from running `calibration` samples (MatMul only: quantizing the
       attention-mask Add or the Softmax ruins the scores).
     - `int4_weight_only`: 4-bit blockwise weights in MatMulNBits, fp32 activations.
+    - `w8a8` / `w8a16` (NPU): QDQ with uint8 weights and uint8 / uint16 activations on
+      every operator the QNN EP supports, configured by ORT's `get_qnn_qdq_config`
+      and calibrated on `calibration`. Expects a static-shape export.
 
     Every int8 scheme first runs ORT's `quant_pre_process` (shape inference and graph
     optimisation), without which int8 MatMuls barely beat fp32 on this machine.
     """
-    if scheme not in SCHEMES:
-        raise ProfileError(f"quantization scheme {scheme!r} unknown; allowed {list(SCHEMES)}")
+    if scheme not in ORT_SCHEMES:
+        raise ProfileError(f"quantization scheme {scheme!r} unknown; allowed {list(ORT_SCHEMES)}")
     if scheme == "fp32":
         return Path(onnx_path)
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -89,7 +96,9 @@ def quantize(
         else:
             pre = Path(work) / "pre.onnx"
             quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-            if scheme == "int8_dynamic":
+            if scheme in ("w8a8", "w8a16"):
+                _quantize_qnn(pre, tmp, scheme, calibration)
+            elif scheme == "int8_dynamic":
                 quantize_dynamic(
                     str(pre),
                     str(tmp),
@@ -112,6 +121,40 @@ def quantize(
                 )
     os.replace(tmp, out_path)
     return out_path
+
+
+def _quantize_qnn(src: Path, out: Path, scheme: str, calibration: EncodedVQA | None) -> None:
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize as ort_quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    if calibration is None or len(calibration) == 0:
+        raise ProfileError(f"{scheme} needs calibration samples")
+    import onnx
+
+    activation = QuantType.QUInt16 if scheme == "w8a16" else QuantType.QUInt8
+    # Mixed precision where 8 bits cannot hold the signal: the attention scores entering
+    # each Softmax carry the additive mask (0 or -1e4) beside scores of a few units, so
+    # one uint8 scale for both flattens every score to the same step and the model
+    # answers nothing right (measured: 0.00 against 0.48 in fp32). Those tensors stay
+    # 16-bit, as QNN's mixed-precision guide does for attention.
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    if scheme == "w8a8":
+        graph = onnx.load(str(src), load_external_data=False).graph
+        for node in graph.node:
+            if node.op_type == "Softmax":
+                overrides[node.input[0]] = [{"quant_type": QuantType.QUInt16}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = get_qnn_qdq_config(
+            str(src),
+            _CalibrationReader(calibration),
+            activation_type=activation,
+            weight_type=QuantType.QUInt8,
+            init_overrides=overrides or None,
+        )
+        # 16-bit QDQ needs opset 21; the quantizer upgrades the model and says so.
+        ort_quantize(str(src), str(out), config)
 
 
 def _quantize_int4(onnx_path: Path, out: Path) -> None:
@@ -144,75 +187,139 @@ class _CalibrationReader:
         }
 
 
-def session(onnx_path: Path, profile: HardwareProfile) -> ort.InferenceSession:
+def session(
+    onnx_path: Path, profile: HardwareProfile, *, record_placement: bool = False
+) -> ort.InferenceSession:
+    """An inference session on the profile's execution provider (a plugin EP such as QNN
+    is registered first). `record_placement` keeps which EP runs each node."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = profile.threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    if record_placement:
+        opts.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+    if profile.ep_library:
+        register_ep_library(profile.ep_library, profile.execution_provider)
+        devices = [d for d in ort.get_ep_devices() if d.ep_name == profile.execution_provider]
+        if not devices:
+            raise ProfileError(
+                f"hardware.{profile.name}: {profile.execution_provider} has no device"
+            )
+        opts.add_provider_for_devices(devices, dict(profile.provider_options))
+        return ort.InferenceSession(str(onnx_path), sess_options=opts)
     providers: list[Any] = [(profile.execution_provider, dict(profile.provider_options))]
     return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
 
 
 @dataclass(frozen=True)
-class LatencyReport:
-    """One forward pass (full static sequence, i.e. prefill) at the profile's batch size."""
+class Placement:
+    """Where the runtime placed a model's compute nodes (Q/DQ nodes not counted)."""
 
-    p50_ms: float
-    p95_ms: float
-    mean_ms: float
-    cv: float  # stdev / mean of the timed runs
-    n: int  # timed runs in the reported attempt
-    attempts: int
-    source: str  # measured | estimated
-    runtime: str  # e.g. "onnxruntime 1.32.0 CPUExecutionProvider"
-    cpu: str
+    coverage: float  # share of compute nodes the profile's EP runs (1.0 = no fallback)
+    nodes: int
+    fallback_nodes: tuple[str, ...]
+    fallback_ops: tuple[str, ...]  # op types that fell back, sorted, unique
+    fallback_subgraphs: int
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+def placement(onnx_path: Path, profile: HardwareProfile) -> Placement:
+    """Ask the runtime which execution provider runs each node (ORT's
+    `session.record_ep_graph_assignment_info`). Nodes the EP cannot take fall back to
+    the CPU: reported here, never a crash."""
+    sess = session(onnx_path, profile, record_placement=True)
+    ours = fallback = 0
+    names: list[str] = []
+    ops: set[str] = set()
+    subgraphs = 0
+    for sub in sess.get_provider_graph_assignment_info():
+        nodes = [
+            n for n in sub.get_nodes() if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+        ]
+        if sub.ep_name == profile.execution_provider:
+            ours += len(nodes)
+        else:
+            fallback += len(nodes)
+            names += [n.name for n in nodes]
+            ops.update(n.op_type for n in nodes)
+            subgraphs += 1 if nodes else 0
+    total = ours + fallback
+    return Placement(
+        coverage=ours / total if total else 1.0,
+        nodes=total,
+        fallback_nodes=tuple(names),
+        fallback_ops=tuple(sorted(ops)),
+        fallback_subgraphs=subgraphs,
+    )
 
 
 def measure(onnx_path: Path, profile: HardwareProfile, example: EncodedVQA) -> LatencyReport:
     """Time one forward pass: warm-up, then timed runs (at least `repeats` and at least
     `min_time_s` seconds), re-measured while cv > max_cv.
 
-    The attempt with the lowest cv is reported. The caller guarantees that nothing else
-    runs on the cores meanwhile (the study measures one candidate at a time).
+    The attempt with the lowest cv is reported. The caller keeps other work off the
+    cores meanwhile (`hardware_profiles.measuring()`). A profile whose latency_source is
+    `estimated` gets the cost model's figure instead (`estimate`).
     """
+    if profile.latency_source == "estimated":
+        return estimate(onnx_path, profile)
     sess = session(onnx_path, profile)
     feeds = _feeds(example, profile.batch)
-    best: tuple[float, list[float]] | None = None
-    attempts = 0
-    while attempts < profile.max_attempts:
-        attempts += 1
-        for _ in range(profile.warmup):
-            sess.run(None, feeds)
-        times: list[float] = []
-        # At least `repeats` runs and at least `min_time_s` of them: sub-millisecond
-        # models need thousands of runs before one disturbance stops moving the p50.
-        while len(times) < profile.repeats or sum(times) < profile.min_time_s * 1000.0:
-            start = time.perf_counter()
-            sess.run(None, feeds)
-            times.append((time.perf_counter() - start) * 1000.0)
-        cv = statistics.pstdev(times) / statistics.fmean(times)
-        if best is None or cv < best[0]:
-            best = (cv, times)
-        if cv <= profile.max_cv:
-            break
-    assert best is not None
-    cv, times = best
-    return LatencyReport(
-        p50_ms=float(np.percentile(times, 50)),
-        p95_ms=float(np.percentile(times, 95)),
-        mean_ms=statistics.fmean(times),
-        cv=cv,
-        n=len(times),
-        attempts=attempts,
-        source=profile.latency_source,
+
+    def run_ms() -> float:
+        start = time.perf_counter()
+        sess.run(None, feeds)
+        return (time.perf_counter() - start) * 1000.0
+
+    return time_runs(
+        run_ms,
+        profile,
         runtime=f"onnxruntime {ort.__version__} {profile.execution_provider}",
-        cpu=_cpu_description(),
+        device=cpu_description(),
     )
+
+
+def estimate(onnx_path: Path, profile: HardwareProfile) -> LatencyReport:
+    """The cost model's latency (`_cost.py`) for the runtime's placement of the nodes."""
+    from ._cost import estimate_latency
+
+    where = placement(onnx_path, profile)
+    scheme_bytes = 2 if _activation_bits(onnx_path) > 8 else 1
+    cost = estimate_latency(
+        onnx_path,
+        profile.cost_params,
+        scheme_bytes,
+        fallback_nodes=where.fallback_nodes,
+        fallback_subgraphs=where.fallback_subgraphs,
+    )
+    return LatencyReport(
+        p50_ms=cost.latency_ms,
+        p95_ms=cost.latency_ms,
+        mean_ms=cost.latency_ms,
+        cv=0.0,
+        n=0,
+        attempts=0,
+        source="estimated",
+        runtime=f"cost model over onnxruntime {ort.__version__} {profile.execution_provider} placement",
+        cpu=cpu_description(),
+    )
+
+
+def _activation_bits(onnx_path: Path) -> int:
+    """8 or 16: the integer width most QuantizeLinear nodes produce (w8a8 keeps a few
+    tensors at 16 bits; w8a16 has all its activations there)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    consts = {init.name: init.data_type for init in model.graph.initializer}
+    sixteen = {onnx.TensorProto.UINT16, onnx.TensorProto.INT16}
+    widths = [
+        16 if consts.get(node.input[2]) in sixteen else 8
+        for node in model.graph.node
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2
+    ]
+    return 16 if widths.count(16) > len(widths) / 2 else 8
 
 
 class LatencyCache:
@@ -253,7 +360,10 @@ class LatencyCache:
 def evaluate(
     onnx_path: Path, profile: HardwareProfile, data: EncodedVQA, max_new_tokens: int
 ) -> float:
-    """Exact-match accuracy of greedy answers decoded by the model on the profile's runtime."""
+    """Exact-match accuracy of greedy answers decoded by the model on the profile's
+    runtime, over the first `profile.validation_subset` rows of `data` (all if 0)."""
+    if profile.validation_subset:
+        data = data.slice(0, profile.validation_subset)
     sess = session(onnx_path, profile)
 
     def forward(pixels: np.ndarray, mask: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -282,24 +392,3 @@ def _feeds(example: EncodedVQA, batch: int) -> dict[str, np.ndarray]:
         "tile_mask": take(example.tile_mask),
         "input_ids": take(example.prompt_ids),
     }
-
-
-def _cpu_description() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        flags = next(
-            (
-                line.split(":", 1)[1].split()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("flags")
-            ),
-            [],
-        )
-        simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    except OSError:
-        simd = []
-    return f"{model} ({os.cpu_count()} cpus; {' '.join(simd) or 'no avx2'})"

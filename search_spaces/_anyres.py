@@ -9,9 +9,12 @@ and prepend a global view (the whole image resized to one tile).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
+
+if TYPE_CHECKING:  # pillow is imported where images are decoded: a GPU host may lack it
+    from PIL import Image
 
 # Per-channel normalisation to roughly [-1, 1]; padding is 0 after normalisation.
 _MEAN = 127.5
@@ -39,6 +42,8 @@ def select_best_grid(
 
 def _resize_and_pad(image: Image.Image, target_hw: tuple[int, int]) -> np.ndarray:
     """Resize keeping aspect ratio, then centre on a zero canvas: (H, W, 3) float32."""
+    from PIL import Image
+
     th, tw = target_hw
     ow, oh = image.size
     sw, sh = tw / ow, th / oh
@@ -66,6 +71,8 @@ def anyres_tiles(
     and the grid tiles row-major after it, zero-padded up to `max_tiles`, and
     `tile_mask` (max_tiles,) float32, 1 for real tiles and 0 for padding.
     """
+    from PIL import Image
+
     rows, cols = select_best_grid((image.height, image.width), grids, tile)
     if 1 + rows * cols > max_tiles:
         raise ValueError(

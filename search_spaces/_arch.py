@@ -14,6 +14,7 @@ IMAGE_ATTENTION = ("full", "image_no_text", "text_only")
 XATTN_PATTERNS = ("all", "every_2nd", "lower_half", "upper_half")
 FEATURE_LAYERS = ("last", "second_last")
 POOLINGS = ("none", "avg2x2")
+ACTIVATIONS = ("gelu", "gelu_tanh")
 
 
 def xattn_layer_set(pattern: str, depth: int) -> tuple[int, ...]:
@@ -123,6 +124,9 @@ class ArchConfig:
     lm: LanguageModelConfig = field(default_factory=LanguageModelConfig)
     grid_pinpoints: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 1), (2, 2))
     projector_depth: int = 2
+    # Feed-forward and projector activation. An exact GELU exports as Erf, which the
+    # Hexagon NPU cannot run; gelu_tanh can. Part of the search for NPU targets.
+    activation: str = "gelu"
     fusion: FusionConfig = field(default_factory=FusionConfig)
     quant: tuple[tuple[str, str], ...] = ()
 
@@ -145,6 +149,8 @@ class ArchConfig:
             problems.append(
                 f"grid_pinpoints={self.grid_pinpoints}: need >= 1 grid of rows, cols >= 1"
             )
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation={self.activation!r}: allowed {list(ACTIVATIONS)}")
         if self.projector_depth not in (1, 2):
             problems.append(f"projector_depth={self.projector_depth}: allowed 1 or 2")
         problems += self._fusion_problems()

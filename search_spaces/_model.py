@@ -55,8 +55,14 @@ class Attention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(b, s, d))
 
 
-def _mlp(width: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+def _gelu(activation: str) -> nn.Module:
+    """`gelu`: exact (an Erf node in ONNX, which the Hexagon NPU cannot run: it falls
+    back to the CPU); `gelu_tanh`: the tanh approximation, which the NPU runs."""
+    return nn.GELU(approximate="tanh" if activation == "gelu_tanh" else "none")
+
+
+def _mlp(width: int, hidden: int, activation: str = "gelu") -> nn.Sequential:
+    return nn.Sequential(nn.Linear(width, hidden), _gelu(activation), nn.Linear(hidden, width))
 
 
 class ModalityFFN(nn.Module):
@@ -68,13 +74,15 @@ class ModalityFFN(nn.Module):
     token and the modality mask selects, which keeps the graph static for export.
     """
 
-    def __init__(self, width: int, hidden: int, share_ratio: float) -> None:
+    def __init__(
+        self, width: int, hidden: int, share_ratio: float, activation: str = "gelu"
+    ) -> None:
         super().__init__()
         shared = round(share_ratio * hidden)
         private = hidden - shared
-        self.shared = _mlp(width, shared) if shared else None
-        self.text = _mlp(width, private) if private else None
-        self.image = _mlp(width, private) if private else None
+        self.shared = _mlp(width, shared, activation) if shared else None
+        self.text = _mlp(width, private, activation) if private else None
+        self.image = _mlp(width, private, activation) if private else None
 
     def forward(self, x: torch.Tensor, is_image: torch.Tensor | None) -> torch.Tensor:
         """`x`: (B, S, D); `is_image`: (B, S, 1) float, 1 on image tokens, or None (all text)."""
@@ -89,12 +97,19 @@ class ModalityFFN(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm transformer block (self-attention + feed-forward)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: int, share_ratio: float = 1.0) -> None:
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_ratio: int,
+        share_ratio: float = 1.0,
+        activation: str = "gelu",
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = ModalityFFN(width, mlp_ratio * width, share_ratio)
+        self.mlp = ModalityFFN(width, mlp_ratio * width, share_ratio, activation)
 
     def forward(
         self,
@@ -138,13 +153,15 @@ class GatedCrossAttentionBlock(nn.Module):
     """Flamingo's GATED XATTN-DENSE: text attends to image tokens, then a feed-forward,
     each added through its own gate."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: int, gating: str) -> None:
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: int, gating: str, activation: str = "gelu"
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width)
         self.xattn = Attention(width, heads)
         self.gate_attn = Gate(gating, width)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = _mlp(width, mlp_ratio * width)
+        self.mlp = _mlp(width, mlp_ratio * width, activation)
         self.gate_mlp = Gate(gating, width)
 
     def forward(self, x: torch.Tensor, image: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -163,7 +180,8 @@ class VisionTower(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(1, cfg.patches_per_tile, cfg.width) * 0.02)
         # Only the layers up to the selected feature layer are built and run.
         self.blocks = nn.ModuleList(
-            Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers_run)
+            Block(cfg.width, cfg.heads, cfg.mlp_ratio, activation=arch.activation)
+            for _ in range(cfg.layers_run)
         )
         self.norm = nn.LayerNorm(cfg.width)
         self.pool = cfg.pooling == "avg2x2"
@@ -200,7 +218,7 @@ class LlavaNextModel(nn.Module):
         self.vision = VisionTower(arch)
         if arch.projector_depth == 2:
             self.projector: nn.Module = nn.Sequential(
-                nn.Linear(arch.vision.width, d), nn.GELU(), nn.Linear(d, d)
+                nn.Linear(arch.vision.width, d), _gelu(arch.activation), nn.Linear(d, d)
             )
         else:
             self.projector = nn.Linear(arch.vision.width, d)
@@ -209,11 +227,13 @@ class LlavaNextModel(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(1, seq_len, d) * 0.02)
         share = fusion.share_ratio if fusion.early else 1.0
         self.blocks = nn.ModuleList(
-            Block(d, lm.heads, lm.mlp_ratio, share) for _ in range(lm.depth)
+            Block(d, lm.heads, lm.mlp_ratio, share, arch.activation) for _ in range(lm.depth)
         )
         self.xattn = nn.ModuleDict(
             {
-                str(i): GatedCrossAttentionBlock(d, lm.heads, lm.mlp_ratio, fusion.gating)
+                str(i): GatedCrossAttentionBlock(
+                    d, lm.heads, lm.mlp_ratio, fusion.gating, arch.activation
+                )
                 for i in fusion.xattn_layers
             }
         )

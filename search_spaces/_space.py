@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import yaml
 
 from ._arch import (
+    ACTIVATIONS,
     FEATURE_LAYERS,
     GATINGS,
     IMAGE_ATTENTION,
@@ -57,6 +58,7 @@ _LEAVES: dict[str, tuple[type, tuple[Any, ...] | None]] = {
     "lm.heads": (int, None),
     "lm.mlp_ratio": (int, None),
     "projector_depth": (int, (1, 2)),
+    "activation": (str, ACTIVATIONS),
     "fusion.placement": (str, PLACEMENTS),
     "fusion.xattn_layers": (str, XATTN_PATTERNS),
     "fusion.gating": (str, GATINGS),
@@ -196,6 +198,7 @@ class SearchSpace:
             lm=lm,
             grid_pinpoints=self.pinpoint_sets[v["grid_pinpoints"]],
             projector_depth=v["projector_depth"],
+            activation=v.get("activation", "gelu"),
             fusion=FusionConfig(**fusion),
             quant=tuple(sorted(section("quant").items())),
         )

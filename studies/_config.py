@@ -7,6 +7,7 @@ allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,36 @@ from ._pareto import DIRECTIONS
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
 PROFILE_METRICS = ("accuracy", "latency_p50_ms", "latency_p95_ms", "size_mb")
 GLOBAL_METRICS = ("val_accuracy", "params")
+
+
+def profile_metrics(profile: HardwareProfile) -> tuple[str, ...]:
+    """The metrics a trial reports for `profile` that objectives may name."""
+    return PROFILE_METRICS + (("npu_coverage",) if profile.is_npu else ())
+
+
+def available_profiles(cfg: VlmnasConfig) -> tuple[VlmnasConfig, list[str]]:
+    """`cfg` without the optional profiles this machine cannot run, and one message per
+    dropped profile. A missing profile that is not optional, or one an objective uses,
+    raises `ConfigError` naming what is missing."""
+    kept: list[HardwareProfile] = []
+    dropped: list[str] = []
+    for profile in cfg.profiles:
+        try:
+            profile.check_available()
+        except ProfileError as exc:
+            used = [
+                o.metric for o in cfg.study.objectives if o.metric.startswith(f"{profile.name}/")
+            ]
+            if profile.name not in cfg.study.optional_profiles:
+                raise ConfigError(
+                    f"{exc} (add it to study.optional_profiles to search without it)"
+                ) from None
+            if used:
+                raise ConfigError(f"{exc}; the objectives {used} need it") from None
+            dropped.append(f"{exc}: optional profile {profile.name!r} left out")
+            continue
+        kept.append(profile)
+    return dataclasses.replace(cfg, profiles=tuple(kept)), dropped
 
 
 _CONF = Path(__file__).resolve().parent.parent
@@ -77,6 +108,10 @@ class StudySpec:
     cpus_per_trial: int = 2
     max_consecutive_failures: int = 5  # stop the study after this many failed trials in a row
     asha: AshaSpec = field(default_factory=AshaSpec)
+    # Profiles a search may run without: when one's runtime is missing here (no CUDA
+    # device, no onnxruntime-qnn) it is dropped with a message instead of stopping the
+    # search. Objectives on it still stop the search: they could not be computed.
+    optional_profiles: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -179,7 +214,13 @@ def _check_study(study: StudySpec, profiles: tuple[HardwareProfile, ...]) -> Non
             f"study.objectives has {len(study.objectives)}; a multi-objective study needs >= 2"
         )
     names = [p.name for p in profiles]
-    allowed = [f"{p}/{m}" for p in names for m in PROFILE_METRICS] + list(GLOBAL_METRICS)
+    allowed = [f"{p.name}/{m}" for p in profiles for m in profile_metrics(p)]
+    allowed += list(GLOBAL_METRICS)
+    for name in study.optional_profiles:
+        if name not in names:
+            raise ConfigError(
+                f"study.optional_profiles has {name!r}, which is not selected; hardware={names}"
+            )
     for obj in study.objectives:
         if obj.metric not in allowed:
             raise ConfigError(

@@ -30,7 +30,7 @@ from dashboards import MlflowTracker, TrialRecord
 from search_spaces import ArchConfig
 from trainers.data import prepare_data
 
-from ._config import ConfigError, StudySpec, VlmnasConfig
+from ._config import ConfigError, StudySpec, VlmnasConfig, available_profiles
 from ._pareto import hypervolume, pareto_front
 from ._trial import run_trial
 
@@ -76,8 +76,9 @@ class SearchSummary:
 def search(cfg: VlmnasConfig) -> SearchSummary:
     """Run (or top up) the study to `study.n_trials` finished trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for profile in cfg.profiles:
-        profile.check_available()
+    cfg, dropped = available_profiles(cfg)
+    for message in dropped:
+        print(f"vlmnas: {message}", flush=True)
     workdir = cfg.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg.data, workdir)
@@ -425,7 +426,13 @@ class _TrackTrials(Callback):  # type: ignore[misc]
             and isinstance(v, int | float)
         }
         tags = {"arch_id": arch.arch_id, "trial_number": str(number)}
-        tags.update({k: str(v) for k, v in result.items() if k.endswith("latency_source")})
+        tags.update(
+            {
+                k: str(v)
+                for k, v in result.items()
+                if k.endswith(("/latency_source", "/scheme", "/runtime", "/device"))
+            }
+        )
         if outcome.state != "complete":
             tags["fail_reason" if outcome.state == "failed" else "pruned_reason"] = outcome.reason
         trial_dir = Path(result.get("trial_dir", self.cfg.study_dir / "trials" / str(number)))

@@ -1,11 +1,13 @@
 """`run_trial`: the one place where a trial's steps are ordered.
 
-1. Cheap objectives first: build the untrained model, export, quantize per profile,
-   measure latency (or take it from the latency cache) and size.
+1. Cheap objectives first: build the untrained model, deploy it per profile (export and
+   quantize, or cast), measure or estimate latency (or take it from the latency cache)
+   and size.
 2. Train for the trial's budget, reporting validation accuracy every epoch (or take the
    weights from the cache when this architecture was trained before).
-3. Export the trained model, quantize it per profile, and measure `<profile>/accuracy`
-   by running it on that profile's runtime over the validation set.
+3. Deploy the trained model per profile and measure `<profile>/accuracy` by running it
+   on that profile's runtime over the validation set (or a stated subset, with its 95%
+   interval); an NPU profile also reports `npu_coverage`.
 4. Write the trial's folder (config.yaml, metrics.json, models) and return the metrics.
 """
 
@@ -22,7 +24,15 @@ from typing import Any
 
 import yaml
 
-from hardware_profiles import LatencyCache, evaluate, export_onnx, measure, quantize, size_mb
+from hardware_profiles import (
+    LatencyCache,
+    accuracy,
+    busy,
+    coverage,
+    deploy,
+    latency,
+    size_mb,
+)
 from search_spaces import ArchConfig
 from trainers import cached_fit, model_for
 from trainers.data import ImageCache, VQAData, encode_eval
@@ -61,26 +71,25 @@ def run_trial(
     metrics["params"] = float(sum(p.numel() for p in untrained.parameters()))
     latency_cache = LatencyCache(cfg.workdir / "cache" / "latency")
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(untrained, Path(tmp) / "model.onnx", val)
         for profile in cfg.profiles:
             scheme = arch.quant_for(profile.name)
-            model_file = quantize(
-                fp32, scheme, Path(tmp) / f"{profile.name}_{scheme}.onnx", calibration
-            )
             key = latency_cache.key(
                 f"{arch.weights_id}-{data.text_len}x{len(tok)}", scheme, profile
             )
-            latency = latency_cache.get(key)
-            if latency is None:
-                latency = measure(model_file, profile, val)
-                latency_cache.put(key, latency)
-            metrics[f"{profile.name}/latency_p50_ms"] = latency.p50_ms
-            metrics[f"{profile.name}/latency_p95_ms"] = latency.p95_ms
-            metrics[f"{profile.name}/latency_cv"] = latency.cv
-            metrics[f"{profile.name}/size_mb"] = size_mb(model_file)
-            info[f"{profile.name}/latency_source"] = latency.source
-            info[f"{profile.name}/runtime"] = latency.runtime
-            info["cpu"] = latency.cpu
+            with busy():  # export and quantization are CPU work: not during a timing run
+                dep = deploy(untrained, profile, scheme, Path(tmp), val, calibration)
+            measured = latency_cache.get(key)
+            if measured is None:
+                measured = latency(dep, val)
+                latency_cache.put(key, measured)
+            metrics[f"{profile.name}/latency_p50_ms"] = measured.p50_ms
+            metrics[f"{profile.name}/latency_p95_ms"] = measured.p95_ms
+            metrics[f"{profile.name}/latency_cv"] = measured.cv
+            metrics[f"{profile.name}/size_mb"] = size_mb(dep.path)
+            info[f"{profile.name}/latency_source"] = measured.source
+            info[f"{profile.name}/runtime"] = measured.runtime
+            info[f"{profile.name}/device"] = measured.cpu
+            info[f"{profile.name}/scheme"] = scheme
 
     # 2. Train, unless these weights were trained before (same architecture part of
     #    arch_id, budget and data): then only the quantized models below are new.
@@ -92,19 +101,25 @@ def run_trial(
     metrics["train_s"] = 0.0 if hit else result.metrics["train_s"]
     info["weights"] = "cached" if hit else "trained"
 
-    # 3. Accuracy on each profile's runtime, with the scheme that profile deploys.
-    fp32 = export_onnx(result.model, trial_dir / "model_fp32.onnx", val)
+    # 3. Accuracy on each profile's runtime, with the scheme that profile deploys (on a
+    #    stated validation subset where the runtime is an emulator), and for an NPU the
+    #    share of the graph it runs.
     for profile in cfg.profiles:
         scheme = arch.quant_for(profile.name)
-        model_file = quantize(
-            fp32, scheme, trial_dir / f"model_{profile.name}_{scheme}.onnx", calibration
-        )
         start = time.perf_counter()
-        metrics[f"{profile.name}/accuracy"] = evaluate(
-            model_file, profile, val, data.max_answer_tokens
-        )
+        with busy():
+            dep = deploy(result.model, profile, scheme, trial_dir, val, calibration)
+            acc = accuracy(dep, val, data.max_answer_tokens)
+            share = coverage(dep)
+        metrics[f"{profile.name}/accuracy"] = acc.value
         metrics[f"{profile.name}/eval_s"] = time.perf_counter() - start
-        info[f"{profile.name}/model"] = str(model_file)
+        if acc.n < len(val):
+            metrics[f"{profile.name}/accuracy_n"] = float(acc.n)
+            metrics[f"{profile.name}/accuracy_ci95_low"] = acc.low
+            metrics[f"{profile.name}/accuracy_ci95_high"] = acc.high
+        if share is not None:
+            metrics[f"{profile.name}/npu_coverage"] = share
+        info[f"{profile.name}/model"] = str(dep.path)
 
     # 4. The trial's folder: enough to rebuild, retrain and rerun it.
     trial_config = {

@@ -16,6 +16,23 @@ TINY_ARCH = ArchConfig(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_lock_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Tests (and the searches they start) take the measuring lock in their own folder,
+    so a real study running on this host neither waits for them nor slows them."""
+    import os
+
+    from hardware_profiles._lock import LOCK_DIR_ENV
+
+    before = os.environ.get(LOCK_DIR_ENV)
+    os.environ[LOCK_DIR_ENV] = str(tmp_path_factory.mktemp("locks"))
+    yield
+    if before is None:
+        os.environ.pop(LOCK_DIR_ENV, None)
+    else:
+        os.environ[LOCK_DIR_ENV] = before
+
+
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data") / "shapes"

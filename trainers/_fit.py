@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 
+from hardware_profiles._lock import busy
 from search_spaces import (
     ArchConfig,
     EncodedVQA,
@@ -147,6 +151,70 @@ class _ReportEpochs(L.Callback):
             self.report(trainer.current_epoch + 1, metrics)
 
 
+class _HoldCoresPerBatch(L.Callback):
+    """Holds `busy()` across every training and validation batch.
+
+    A latency measurement of another trial on this host (`measuring()`) then waits for the
+    batch in flight and keeps the next one from starting, instead of sharing the cores with
+    it. Between batches the lock is free, so a measurement waits at most one batch.
+    """
+
+    def __init__(self) -> None:
+        self._held = contextlib.ExitStack()
+
+    def _acquire(self) -> None:
+        # Drop a hold left by a batch whose end hook never ran (a skipped batch) first.
+        self._release()
+        self._held.enter_context(busy())
+
+    def _release(self) -> None:
+        self._held.close()  # idempotent: a closed ExitStack holds nothing
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._acquire()
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: STEP_OUTPUT,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._release()
+
+    def on_validation_batch_start(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._acquire()
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: STEP_OUTPUT,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._release()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._release()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._release()
+
+
 def model_for(arch: ArchConfig, data: VQAData) -> LlavaNextModel:
     """The untrained model of `arch`, sized for `data`'s vocabulary and text length."""
     tok = data.tokenizer
@@ -174,8 +242,9 @@ def fit(
     images = images or ImageCache()
     tok = data.tokenizer
     model = model_for(arch, data)
-    train_set = encode_train(data.train, tok, arch, data.text_len, images)
-    val_set = encode_eval(data.val, tok, arch, data.text_len, images)
+    with busy():  # decoding and resizing every image is training work too
+        train_set = encode_train(data.train, tok, arch, data.text_len, images)
+        val_set = encode_eval(data.val, tok, arch, data.text_len, images)
     val_batches = [
         val_set.slice(i, i + cfg.val_batch_size) for i in range(0, len(val_set), cfg.val_batch_size)
     ]
@@ -196,7 +265,7 @@ def fit(
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[epochs],
+        callbacks=[epochs, _HoldCoresPerBatch()],
     )
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader)

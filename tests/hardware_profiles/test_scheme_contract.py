@@ -1,5 +1,9 @@
 """One contract for every quantization scheme of every profile available here:
-export -> quantize -> load -> run -> accuracy, on a trained candidate."""
+export -> quantize -> load -> run -> accuracy, on a trained candidate.
+
+Profiles whose runtime this machine lacks (gpu without CUDA, npu_htp without
+onnxruntime-qnn) are listed as skipped cases, so the report says what did not run.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +11,55 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from hardware_profiles import (
     HardwareProfile,
     ProfileError,
-    evaluate,
-    export_onnx,
+    accuracy,
+    deploy,
     known_profiles,
     quantize,
     session,
+    size_mb,
 )
+from search_spaces import decode_accuracy
 from trainers import TrainerConfig, fit
+from trainers._fit import torch_forward
 from trainers.data import ImageCache, encode_eval
 
-# Stated tolerances against the fp32 model: mean relative logit error, and accuracy
-# change in points on the test's validation answers.
+# Stated tolerances against the fp32 PyTorch model: mean relative logit error, and
+# accuracy change in points on the test's validation answers.
 TOLERANCE = {
-    "fp32": (0.0, 0.0),
+    "fp32": (1e-4, 0.0),
     "int8_dynamic": (0.03, 0.10),
     "int8_static": (0.08, 0.10),
     "int4_weight_only": (0.15, 0.15),
+    # The NPU quantizes every operator, not only matmuls (softmax inputs stay 16-bit).
+    "w8a8": (0.08, 0.10),
+    "w8a16": (0.05, 0.10),
+    "fp16": (0.01, 0.05),
+    "bf16": (0.05, 0.10),
 }
+ROWS = 8  # rows whose logits are compared
 
 
-def _available() -> list[tuple[str, str]]:
+def _cases() -> list:
     cases = []
     for name in known_profiles():
         profile = HardwareProfile.load(name)
         try:
             profile.check_available()
-        except ProfileError:
-            continue
-        cases += [(name, scheme) for scheme in profile.quant_schemes]
+            reason = None
+        except ProfileError as exc:
+            reason = str(exc)
+        for scheme in profile.quant_schemes:
+            marks = [pytest.mark.skip(reason=reason)] if reason else []
+            if profile.is_npu:
+                marks.append(pytest.mark.npu)
+            if profile.runtime == "torch" and profile.device == "cuda":
+                marks.append(pytest.mark.gpu)
+            cases.append(pytest.param(name, scheme, marks=marks, id=f"{name}-{scheme}"))
     return cases
 
 
@@ -52,35 +73,71 @@ def trained(tmp_path_factory, shapes_data):
     tok = shapes_data.tokenizer
     val = encode_eval(shapes_data.val, tok, TINY_ARCH, shapes_data.text_len, images)
     calibration = encode_eval(shapes_data.train[:8], tok, TINY_ARCH, shapes_data.text_len, images)
-    return export_onnx(result.model, out / "fp32.onnx", val), val, calibration
+    return result.model.eval(), val, calibration
 
 
-@pytest.mark.parametrize(("profile_name", "scheme"), _available())
+def _logits(dep, val) -> np.ndarray:
+    """Logits of the first ROWS rows, one row per run (NPU graphs have a fixed batch)."""
+    if dep.module is not None:
+        device = next(dep.module.parameters()).device
+        dtype = next(dep.module.parameters()).dtype
+        with torch.no_grad():
+            out = dep.module(
+                torch.from_numpy(val.pixel_values[:ROWS]).to(device, dtype),
+                torch.from_numpy(val.tile_mask[:ROWS]).to(device),
+                torch.from_numpy(val.prompt_ids[:ROWS]).to(device),
+            )
+        return out.float().cpu().numpy()
+    sess = session(dep.path, dep.profile)
+    rows = []
+    for i in range(ROWS):
+        feeds = {
+            "pixel_values": val.pixel_values[i : i + 1],
+            "tile_mask": val.tile_mask[i : i + 1],
+            "input_ids": val.prompt_ids[i : i + 1],
+        }
+        rows.append(sess.run(["logits"], feeds)[0])
+    return np.concatenate(rows)
+
+
+@pytest.mark.parametrize(("profile_name", "scheme"), _cases())
 def test_scheme_contract(
     profile_name: str, scheme: str, trained, shapes_data, tmp_path: Path
 ) -> None:
-    fp32, val, calibration = trained
+    model, val, calibration = trained
     profile = HardwareProfile.load(profile_name)
-    model = quantize(fp32, scheme, tmp_path / f"{scheme}.onnx", calibration)
-    assert model.is_file()
-    feeds = {
-        "pixel_values": val.pixel_values[:8],
-        "tile_mask": val.tile_mask[:8],
-        "input_ids": val.prompt_ids[:8],
-    }
-    ref = session(fp32, profile).run(["logits"], feeds)[0]
-    out = session(model, profile).run(["logits"], feeds)[0]
+    dep = deploy(model, profile, scheme, tmp_path, val, calibration)
+    assert dep.path.is_file()
+    with torch.no_grad():
+        ref = model(
+            torch.from_numpy(val.pixel_values[:ROWS]),
+            torch.from_numpy(val.tile_mask[:ROWS]),
+            torch.from_numpy(val.prompt_ids[:ROWS]),
+        ).numpy()
     max_err, max_drop = TOLERANCE[scheme]
-    rel_err = float(np.abs(out - ref).mean() / np.abs(ref).mean())
+    rel_err = float(np.abs(_logits(dep, val) - ref).mean() / np.abs(ref).mean())
     assert rel_err <= max_err, f"{scheme}: relative logit error {rel_err:.4f} > {max_err}"
-    acc = evaluate(model, profile, val, shapes_data.max_answer_tokens)
-    ref_acc = evaluate(fp32, profile, val, shapes_data.max_answer_tokens)
-    assert abs(acc - ref_acc) <= max_drop, f"{scheme}: accuracy {acc:.3f} vs fp32 {ref_acc:.3f}"
-    if scheme != "fp32":
-        assert model.stat().st_size < fp32.stat().st_size
+    acc = accuracy(dep, val, shapes_data.max_answer_tokens)
+    rows = val.slice(0, acc.n)
+    ref_acc = decode_accuracy(
+        torch_forward(model), rows, max_new_tokens=shapes_data.max_answer_tokens
+    )
+    assert abs(acc.value - ref_acc) <= max_drop, (
+        f"{scheme}: accuracy {acc.value:.3f} vs fp32 {ref_acc:.3f} over {acc.n} rows"
+    )
+    assert acc.low <= acc.value <= acc.high
+    # Smaller on disk than the profile's fp32 export. Not asserted for the NPU's QDQ
+    # graphs: on this 40k-parameter model their Q/DQ nodes and names outweigh the
+    # weights (BENCHMARKS.md has the sizes of real candidates).
+    fp32_file = dep.path.with_name(f"model_{profile_name}_fp32.onnx")
+    if scheme != "fp32" and not profile.is_npu and fp32_file.is_file():
+        assert size_mb(dep.path) < size_mb(fp32_file)
 
 
 def test_static_quantization_needs_calibration(trained, tmp_path: Path) -> None:
-    fp32, _, _ = trained
+    from hardware_profiles import export_onnx
+
+    model, val, _ = trained
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx", val)
     with pytest.raises(ProfileError, match="calibration"):
         quantize(fp32, "int8_static", tmp_path / "x.onnx", None)

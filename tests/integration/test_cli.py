@@ -147,6 +147,12 @@ def _bad_llava(tmp_path: Path) -> Path:
     return root
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -155,7 +161,19 @@ def _bad_llava(tmp_path: Path) -> Path:
             ["data=llava", "data.root=/nonexistent/dir"],
             "data.root='/nonexistent/dir' is not a directory",
         ),
-        (["hardware=[tpu]"], "hardware='tpu' is not a known option; allowed ['cpu']"),
+        (
+            ["hardware=[tpu]"],
+            "hardware='tpu' is not a known option; allowed ['cpu', 'gpu', 'npu_htp']",
+        ),
+        pytest.param(
+            ["hardware=[cpu,gpu]"],
+            "hardware.gpu: needs a CUDA device",
+            marks=pytest.mark.skipif(_has_cuda(), reason="this machine has a CUDA device"),
+        ),
+        (
+            ["study.optional_profiles=[gpu]"],
+            "study.optional_profiles has 'gpu', which is not selected; hardware=['cpu']",
+        ),
         (["search_space=huge"], "search_space='huge' is not a known option"),
         (
             ["study.n_trials=many"],

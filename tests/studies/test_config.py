@@ -61,3 +61,37 @@ def test_bad_values_are_one_line_config_errors(overrides: list[str], needle: str
     with pytest.raises(ConfigError) as err:
         load_config(overrides)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_optional_profile_without_its_runtime_is_dropped_before_any_trial(monkeypatch) -> None:
+    from hardware_profiles import HardwareProfile, ProfileError
+    from studies._config import available_profiles
+
+    def missing(self: HardwareProfile) -> None:
+        if self.name == "gpu":
+            raise ProfileError("hardware.gpu: needs a CUDA device")
+
+    monkeypatch.setattr(HardwareProfile, "check_available", missing)
+    required = load_config(["hardware=[cpu,gpu]"])
+    with pytest.raises(ConfigError, match="needs a CUDA device.*study.optional_profiles"):
+        available_profiles(required)
+    optional = load_config(["hardware=[cpu,gpu]", "study.optional_profiles=[gpu]"])
+    kept, dropped = available_profiles(optional)
+    assert [p.name for p in kept.profiles] == ["cpu"]
+    assert dropped == ["hardware.gpu: needs a CUDA device: optional profile 'gpu' left out"]
+    on_gpu = load_config(
+        [
+            "hardware=[cpu,gpu]",
+            "study.optional_profiles=[gpu]",
+            "study.objectives=[{metric: cpu/accuracy, direction: maximize},"
+            " {metric: gpu/latency_p50_ms, direction: minimize}]",
+        ]
+    )
+    with pytest.raises(ConfigError, match="objectives \\['gpu/latency_p50_ms'\\] need it"):
+        available_profiles(on_gpu)
+
+
+def test_edge_npu_preset_selects_both_profiles() -> None:
+    cfg = load_config(["study=edge_npu"])
+    assert [p.name for p in cfg.profiles] == ["cpu", "npu_htp"]
+    assert {o.metric.split("/")[0] for o in cfg.study.objectives} == {"cpu", "npu_htp"}

@@ -1,0 +1,221 @@
+"""PyTorch backend of the `gpu` profile: cast, save, time and evaluate a candidate in torch.
+
+The model runs as built (`search_spaces._model`), cast to the scheme's dtype, on a CUDA
+GPU (or the CPU, to exercise the same code here). This module imports only torch, numpy,
+the standard library and `search_spaces`: a deployment host may have nothing else (no
+onnxruntime, optuna, ray, mlflow or hydra).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from search_spaces import EncodedVQA, decode_accuracy
+
+from ._report import LatencyReport, TimingSettings, cpu_description, time_runs
+
+TORCH_SCHEMES = ("fp32", "fp16", "bf16")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_SCHEME_OF = {dtype: scheme for scheme, dtype in _DTYPES.items()}
+# Eager runs on a side stream before capture, as `torch.cuda.graphs` asks: lazy
+# initialisation (cuBLAS handles, autotuning) must not happen inside the graph.
+_CAPTURE_WARMUP = 3
+
+Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # pixel_values, tile_mask, input_ids
+
+
+class TorchProfile(TimingSettings, Protocol):
+    """The fields of a hardware profile that this backend reads."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def batch(self) -> int: ...
+    @property
+    def eval_batch(self) -> int: ...
+
+
+def prepare(model: torch.nn.Module, scheme: str, device: str) -> torch.nn.Module:
+    """A deep copy of `model` in eval mode, without gradients, its floating-point
+    parameters and buffers cast to `scheme`'s dtype, on `device` ("cuda", "cuda:1", "cpu").
+
+    The original model is left as it was. fp16 and bf16 also run on the CPU (checked with
+    torch 2.13), slowly: there they exercise the code, they are not a deployment.
+    """
+    if scheme not in _DTYPES:
+        raise ValueError(f"torch scheme {scheme!r} unknown; allowed {list(TORCH_SCHEMES)}")
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} requested but torch {torch.__version__} sees no CUDA device"
+        )
+    if target.type not in ("cuda", "cpu"):
+        raise ValueError(f"device {device!r} unsupported; allowed 'cuda', 'cuda:N' or 'cpu'")
+    prepared = copy.deepcopy(model).eval().requires_grad_(False)
+    return prepared.to(device=target, dtype=_DTYPES[scheme])
+
+
+def save(model: torch.nn.Module, path: Path) -> Path:
+    """Write `model`'s state_dict (moved to the CPU, dtype kept) with `torch.save`,
+    atomically; its size on disk is the profile's `size_mb`. Load it back with
+    `torch.load(path, weights_only=True)`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def measure(
+    model: torch.nn.Module, profile: TorchProfile, example: EncodedVQA, *, cuda_graphs: bool = True
+) -> LatencyReport:
+    """Time one forward pass of `model` (from `prepare`) at `profile.batch`, `example`'s
+    rows repeated to fill the batch: warm-up, then at least `repeats` timed runs and at
+    least `min_time_s` seconds, re-measured while cv > max_cv (see `time_runs`).
+
+    On CUDA each run is timed with CUDA events; with `cuda_graphs` the forward pass is
+    captured once into a CUDA graph and each run is one `graph.replay()` (no Python or
+    kernel-launch overhead, as a serving stack would run it). If capture fails the runs
+    are eager and `runtime` says why. On the CPU the runs are eager, timed with
+    `time.perf_counter`.
+    """
+    device, dtype = _device_dtype(model)
+    if device.type != torch.device(profile.device).type:
+        raise ValueError(
+            f"hardware.{profile.name}.device={profile.device!r} but the model is on {device};"
+            " prepare() it for the profile's device"
+        )
+    inputs = _inputs(model, *_fill(example, profile.batch))
+    scheme = _SCHEME_OF.get(dtype, str(dtype))
+    version = f"torch {torch.__version__}"
+    # Entered once, not per run: its cost would be timed with every launch-bound run.
+    with torch.inference_mode():
+        if device.type == "cpu":
+            return time_runs(
+                _cpu_run(model, inputs),
+                profile,
+                runtime=f"{version} eager {scheme} cpu",
+                device=cpu_description(),
+            )
+        gpu = torch.cuda.get_device_name(device)
+        run, mode = _cuda_timed(lambda: model(*inputs)), "eager"
+        if cuda_graphs:
+            try:
+                run, mode = _cuda_graph_run(model, inputs), "cuda graphs"
+            except RuntimeError as exc:
+                torch.cuda.synchronize(device)
+                mode = f"eager (cuda graph capture failed: {type(exc).__name__})"
+                warnings.warn(f"{mode}: {exc}", RuntimeWarning, stacklevel=2)
+        return time_runs(run, profile, runtime=f"{version} {mode} {scheme} {gpu}", device=gpu)
+
+
+def evaluate(
+    model: torch.nn.Module, profile: TorchProfile, data: EncodedVQA, max_new_tokens: int
+) -> float:
+    """Exact-match accuracy of greedy answers decoded by `model` (from `prepare`) on its
+    device and in its dtype, `profile.eval_batch` rows per forward pass."""
+
+    def forward(pixels: np.ndarray, mask: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            logits = model(*_inputs(model, pixels, mask, ids))
+        return logits.float().cpu().numpy()
+
+    return decode_accuracy(
+        forward, data, max_new_tokens=max_new_tokens, batch_size=profile.eval_batch
+    )
+
+
+def capture(model: torch.nn.Module, inputs: Inputs) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Capture `model(*inputs)` into a CUDA graph.
+
+    `inputs` are the graph's static input buffers: copy new values into them (`copy_`)
+    before `graph.replay()`, which rewrites the returned static output tensor in place.
+    Raises RuntimeError where the forward pass cannot be captured.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.inference_mode():
+        for _ in range(_CAPTURE_WARMUP):
+            model(*inputs)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(graph):
+        output = model(*inputs)
+    return graph, output
+
+
+def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters(), None)
+    if param is None:
+        raise ValueError(f"{type(model).__name__} has no parameters to take a device from")
+    return param.device, param.dtype
+
+
+def _fill(example: EncodedVQA, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`example`'s rows repeated (cyclically) to exactly `batch` rows."""
+    if len(example) == 0:
+        raise ValueError("measure needs at least one example row")
+
+    def take(a: np.ndarray) -> np.ndarray:
+        return np.resize(a, (batch, *a.shape[1:]))
+
+    return take(example.pixel_values), take(example.tile_mask), take(example.prompt_ids)
+
+
+def _inputs(
+    model: torch.nn.Module, pixels: np.ndarray, mask: np.ndarray, ids: np.ndarray
+) -> Inputs:
+    """numpy inputs as tensors on `model`'s device, the float ones in its dtype."""
+    device, dtype = _device_dtype(model)
+    return (
+        torch.from_numpy(np.ascontiguousarray(pixels)).to(device=device, dtype=dtype),
+        torch.from_numpy(np.ascontiguousarray(mask)).to(device=device, dtype=dtype),
+        torch.from_numpy(np.ascontiguousarray(ids)).to(device=device),
+    )
+
+
+def _cpu_run(model: torch.nn.Module, inputs: Inputs) -> Callable[[], float]:
+    def run() -> float:
+        start = time.perf_counter()
+        model(*inputs)
+        return (time.perf_counter() - start) * 1000.0
+
+    return run
+
+
+def _cuda_timed(step: Callable[[], object]) -> Callable[[], float]:
+    """`step` timed on the current stream with CUDA events, in milliseconds."""
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+
+    def run() -> float:
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    return run
+
+
+def _cuda_graph_run(model: torch.nn.Module, inputs: Inputs) -> Callable[[], float]:
+    graph, output = capture(model, inputs)
+
+    def step() -> torch.Tensor:
+        graph.replay()
+        return output  # held for the graph's lifetime: replay writes into its memory
+
+    return _cuda_timed(step)

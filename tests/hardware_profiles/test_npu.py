@@ -1,0 +1,91 @@
+"""The npu_htp profile on the QNN execution provider (Qualcomm's HTP emulator on x86):
+QDQ models load, node placement is reported, and an operator the NPU cannot run falls
+back to the CPU with coverage below 1 instead of crashing."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from hardware_profiles import (
+    HardwareProfile,
+    ProfileError,
+    accuracy,
+    coverage,
+    deploy,
+    latency,
+    placement,
+)
+from trainers import model_for
+from trainers.data import ImageCache, encode_eval
+
+pytestmark = pytest.mark.npu
+
+
+@pytest.fixture(scope="module")
+def npu() -> HardwareProfile:
+    profile = HardwareProfile.load("npu_htp")
+    try:
+        profile.check_available()
+    except ProfileError as exc:
+        pytest.skip(str(exc))
+    return dataclasses.replace(profile, validation_subset=8)
+
+
+def _encoded(arch, shapes_data):
+    images = ImageCache()
+    tok = shapes_data.tokenizer
+    val = encode_eval(shapes_data.val, tok, arch, shapes_data.text_len, images)
+    calibration = encode_eval(shapes_data.train[:4], tok, arch, shapes_data.text_len, images)
+    return val, calibration
+
+
+@pytest.mark.parametrize("scheme", ["w8a8", "w8a16"])
+def test_npu_friendly_candidate_runs_entirely_on_the_npu(
+    npu, scheme, tiny_arch, shapes_data, tmp_path: Path
+) -> None:
+    arch = dataclasses.replace(tiny_arch, activation="gelu_tanh")
+    val, calibration = _encoded(arch, shapes_data)
+    dep = deploy(model_for(arch, shapes_data), npu, scheme, tmp_path, val, calibration)
+    where = placement(dep.path, npu)
+    assert where.coverage == 1.0 and where.fallback_ops == () and where.nodes > 50
+    acc = accuracy(dep, val, shapes_data.max_answer_tokens)
+    assert acc.n == 8 and 0.0 <= acc.low <= acc.value <= acc.high <= 1.0
+    report = latency(dep, val)
+    assert report.source == "estimated" and report.p50_ms > 0
+
+
+def test_unsupported_operator_falls_back_and_lowers_coverage(
+    npu, tiny_arch, shapes_data, tmp_path: Path
+) -> None:
+    # The exact GELU exports as Erf, which the HTP does not run: ORT places those nodes
+    # on the CPU. The candidate must still run, with coverage below 1.
+    arch = dataclasses.replace(tiny_arch, activation="gelu")
+    val, calibration = _encoded(arch, shapes_data)
+    dep = deploy(model_for(arch, shapes_data), npu, "w8a8", tmp_path, val, calibration)
+    where = placement(dep.path, npu)
+    assert "Erf" in where.fallback_ops
+    assert 0.5 < where.coverage < 1.0
+    assert coverage(dep) == where.coverage
+    assert accuracy(dep, val, shapes_data.max_answer_tokens).n == 8
+    # Each CPU island costs two hand-overs in the cost model: slower than without them.
+    friendly = dataclasses.replace(tiny_arch, activation="gelu_tanh")
+    val2, calibration2 = _encoded(friendly, shapes_data)
+    dep2 = deploy(model_for(friendly, shapes_data), npu, "w8a8", tmp_path / "f", val2, calibration2)
+    assert latency(dep, val).p50_ms > latency(dep2, val2).p50_ms
+
+
+def test_npu_profile_takes_only_qdq_schemes() -> None:
+    with pytest.raises(ProfileError, match="'int8_dynamic'; allowed on this profile"):
+        dataclasses.replace(HardwareProfile.load("npu_htp"), quant_schemes=("int8_dynamic",))
+
+
+def test_missing_plugin_package_is_named(monkeypatch) -> None:
+    from hardware_profiles import _profile
+
+    monkeypatch.setattr(_profile, "_REGISTERED", set())
+    profile = dataclasses.replace(HardwareProfile.load("npu_htp"), ep_library="no_such_qnn_pkg")
+    with pytest.raises(ProfileError, match="pip install no-such-qnn-pkg"):
+        profile.check_available()

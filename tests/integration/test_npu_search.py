@@ -1,0 +1,53 @@
+"""`vlmnas search study=edge_npu`: objectives on the CPU and the (emulated) NPU profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dashboards import tracking_uri_for
+from hardware_profiles import HardwareProfile, ProfileError
+from tests.integration.test_cli import TINY, vlmnas
+
+pytestmark = pytest.mark.npu
+
+
+def test_search_on_cpu_and_npu_logs_every_profile_metric(tmp_path: Path) -> None:
+    try:
+        HardwareProfile.load("npu_htp").check_available()
+    except ProfileError as exc:
+        pytest.skip(str(exc))
+    workdir = tmp_path / "runs"
+    run = vlmnas(
+        "search",
+        "study=edge_npu",
+        f"study.workdir={workdir}",
+        "study.n_trials=2",
+        "hardware.npu_htp.validation_subset=8",
+        *TINY,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    study = optuna.load_study(study_name="edge_npu", storage=f"sqlite:///{workdir / 'optuna.db'}")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    client = MlflowClient(tracking_uri_for(workdir))
+    experiment = client.get_experiment_by_name("edge_npu")
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`vlmnas.role` = 'trial'"
+    )
+    assert len(children) == 2
+    for child in children:
+        metrics, tags = child.data.metrics, child.data.tags
+        for profile in ("cpu", "npu_htp"):
+            for metric in ("accuracy", "latency_p50_ms", "latency_p95_ms", "size_mb"):
+                assert f"{profile}/{metric}" in metrics
+        assert 0.0 <= metrics["npu_htp/npu_coverage"] <= 1.0
+        assert metrics["npu_htp/accuracy_n"] == 8
+        assert metrics["npu_htp/accuracy_ci95_low"] <= metrics["npu_htp/accuracy"]
+        assert tags["cpu/latency_source"] == "measured"
+        assert tags["npu_htp/latency_source"] == "estimated"
+        assert tags["npu_htp/scheme"] in ("w8a8", "w8a16")
+        assert child.info.status == "FINISHED"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,42 @@ class MlflowTracker:
                 self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, status=_STATUS[record.state])
         return run_id
+
+    def log_files(
+        self, run_id: str, paths: Sequence[Path], folders: Mapping[str, Sequence[Path]] = {}
+    ) -> None:
+        """Log files as artifacts of `run_id`; those listed under a folder name go there."""
+        for path in paths:
+            folder = next((name for name, group in folders.items() if path in group), None)
+            self.client.log_artifact(run_id, str(path), artifact_path=folder)
+
+    def mark_front(
+        self,
+        study_name: str,
+        parent_run_id: str,
+        front: set[int],
+        models: Mapping[int, Sequence[Path]] | None = None,
+    ) -> None:
+        """Tag every trial run `pareto=true|false` (changed tags only), and log the
+        deployed models of front members given in `models` once, under `models/`."""
+        exp_id = self.experiment_id(study_name)
+        children = self.client.search_runs(
+            [exp_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+            max_results=50000,
+        )
+        for run in children:
+            run_id = str(run.info.run_id)
+            number = int(run.data.tags.get("trial_number", -1))
+            on_front = "true" if number in front else "false"
+            if run.data.tags.get("pareto") != on_front:
+                self.client.set_tag(run_id, "pareto", on_front)
+            files = (models or {}).get(number, ())
+            if files and run.data.tags.get("models_logged") != "true":
+                for path in files:
+                    if Path(path).is_file():
+                        self.client.log_artifact(run_id, str(path), artifact_path="models")
+                self.client.set_tag(run_id, "models_logged", "true")
 
     def end_study(self, parent_run_id: str, *, failed: bool = False) -> None:
         self.client.set_terminated(parent_run_id, status="FAILED" if failed else "FINISHED")

@@ -31,6 +31,50 @@ PROFILE_METRICS = ("accuracy", "latency_p50_ms", "latency_p95_ms", "size_mb")
 GLOBAL_METRICS = ("val_accuracy", "params")
 
 
+# Metrics known before training: measured on the untrained candidate (latency, size and
+# NPU coverage depend on the graph and the scheme, not on weight values).
+CHEAP_SUFFIXES = ("/latency_p50_ms", "/latency_p95_ms", "/size_mb", "/npu_coverage")
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """`metric <= bound` or `metric >= bound`, e.g. `cpu/latency_p95_ms <= 20`."""
+
+    metric: str
+    op: str
+    bound: float
+
+    @classmethod
+    def parse(cls, text: str) -> Constraint:
+        match = _CONSTRAINT.match(str(text))
+        if not match:
+            raise ConfigError(
+                f"study.constraints entry {text!r}: write 'profile/metric <= number' or"
+                " 'profile/metric >= number'"
+            )
+        metric, op, bound = match.groups()
+        try:
+            value = float(bound)
+        except ValueError:
+            raise ConfigError(
+                f"study.constraints entry {text!r}: {bound!r} is not a number"
+            ) from None
+        return cls(metric, op, value)
+
+    @property
+    def cheap(self) -> bool:
+        """Known before training, so a violation skips the training."""
+        return self.metric.endswith(CHEAP_SUFFIXES) or self.metric == "params"
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention: <= 0 when satisfied, else how far off."""
+        return value - self.bound if self.op == "<=" else self.bound - value
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
 def profile_metrics(profile: HardwareProfile) -> tuple[str, ...]:
     """The metrics a trial reports for `profile` that objectives may name."""
     return PROFILE_METRICS + (("npu_coverage",) if profile.is_npu else ())
@@ -53,8 +97,13 @@ def available_profiles(cfg: VlmnasConfig) -> tuple[VlmnasConfig, list[str]]:
                 raise ConfigError(
                     f"{exc} (add it to study.optional_profiles to search without it)"
                 ) from None
+            used += [
+                c.metric
+                for c in cfg.study.parsed_constraints
+                if c.metric.startswith(f"{profile.name}/")
+            ]
             if used:
-                raise ConfigError(f"{exc}; the objectives {used} need it") from None
+                raise ConfigError(f"{exc}; the objectives or constraints {used} need it") from None
             dropped.append(f"{exc}: optional profile {profile.name!r} left out")
             continue
         kept.append(profile)
@@ -112,6 +161,44 @@ class StudySpec:
     # device, no onnxruntime-qnn) it is dropped with a message instead of stopping the
     # search. Objectives on it still stop the search: they could not be computed.
     optional_profiles: list[str] = field(default_factory=list)
+    # Feasibility: "profile/metric <= number" or ">= number". A candidate that breaks a
+    # latency, size or coverage constraint is found before training, recorded as
+    # infeasible with its measured values, and never trained. Infeasible trials are
+    # never on the front; the samplers steer away from them (Optuna constraints_func).
+    constraints: list[str] = field(default_factory=list)
+    # Check latency/size/coverage constraints on the untrained candidate and skip the
+    # training of one that breaks them. Off: every candidate is trained and checked
+    # after (the benchmark of what the early check saves).
+    reject_before_training: bool = True
+    # Optuna storage: None = SQLite in the workdir (one writer: the driver). For several
+    # drivers on one study: an RDB URL (postgresql://user:pw@host/db) or an Optuna
+    # journal file, "journal:/shared/path/study.log".
+    storage: str | None = None
+    # MLflow: None = SQLite in the workdir; a tracking server URL (http://host:5000) for
+    # clusters, where the server also stores the artifacts.
+    tracking_uri: str | None = None
+
+    @property
+    def parsed_constraints(self) -> list[Constraint]:
+        return [Constraint.parse(text) for text in self.constraints]
+
+
+@dataclass
+class ExportSpec:
+    """What `vlmnas export` writes (studies/_export.py documents the policies)."""
+
+    policy: str = "pareto"  # pareto | knee | max_accuracy | min_latency
+    profile: str | None = None  # whose deployed model and metrics; default: the first
+    latency_budget_ms: float | None = None  # max_accuracy: p50 at most this
+    accuracy_floor: float | None = None  # min_latency: accuracy at least this
+
+
+@dataclass
+class RaySpec:
+    """Where trials run: None = a local Ray instance started by the driver; "auto" or
+    "ray://host:10001" or "host:6379" = an existing cluster."""
+
+    address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +210,8 @@ class VlmnasConfig:
     study: StudySpec
     raw: dict[str, Any]  # the composed config, for logging
     choices: dict[str, Any]  # which option of each group was picked
+    ray: RaySpec = field(default_factory=RaySpec)
+    export: ExportSpec = field(default_factory=ExportSpec)
 
     @property
     def workdir(self) -> Path:
@@ -174,10 +263,12 @@ def load_config(overrides: Sequence[str] = ()) -> VlmnasConfig:
     data = _typed(DataConfig, cfg.data, "data")
     trainer = _typed(TrainerConfig, cfg.trainer, "trainer")
     study = _typed(StudySpec, cfg.study, "study")
+    ray = _typed(RaySpec, cfg.ray, "ray")
+    export = _typed(ExportSpec, cfg.export, "export")
     _check_study(study, profiles)
     # Resolved here, in the driver: Ray runs trials with another working directory.
     study.workdir = str(Path(study.workdir).expanduser().resolve())
-    return VlmnasConfig(space, profiles, data, trainer, study, raw, choices)
+    return VlmnasConfig(space, profiles, data, trainer, study, raw, choices, ray, export)
 
 
 def _typed(cls: type, node: DictConfig, group: str) -> Any:
@@ -216,6 +307,12 @@ def _check_study(study: StudySpec, profiles: tuple[HardwareProfile, ...]) -> Non
     names = [p.name for p in profiles]
     allowed = [f"{p.name}/{m}" for p in profiles for m in profile_metrics(p)]
     allowed += list(GLOBAL_METRICS)
+    for constraint in study.parsed_constraints:
+        if constraint.metric not in allowed:
+            raise ConfigError(
+                f"study.constraints metric {constraint.metric!r}; allowed with hardware={names}:"
+                f" {allowed}"
+            )
     for name in study.optional_profiles:
         if name not in names:
             raise ConfigError(
@@ -230,6 +327,16 @@ def _check_study(study: StudySpec, profiles: tuple[HardwareProfile, ...]) -> Non
             raise ConfigError(
                 f"study.objectives direction {obj.direction!r}; allowed {list(DIRECTIONS)}"
             )
+    if study.storage and not (study.storage.startswith("journal:") or "://" in study.storage):
+        raise ConfigError(
+            f"study.storage={study.storage!r}; allowed: empty (SQLite in the workdir), an RDB"
+            " URL such as postgresql://host/db, or journal:/path/to/file"
+        )
+    if study.tracking_uri and "://" not in study.tracking_uri:
+        raise ConfigError(
+            f"study.tracking_uri={study.tracking_uri!r}; allowed: empty (SQLite in the"
+            " workdir) or a URL such as http://host:5000"
+        )
     workdir = Path(study.workdir).expanduser()
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"study.workdir={study.workdir!r} exists and is not a directory")

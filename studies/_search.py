@@ -27,11 +27,13 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
 from dashboards import MlflowTracker, TrialRecord
+from hardware_profiles._lock import LOCK_DIR_ENV
 from search_spaces import ArchConfig
 from trainers.data import prepare_data
 
 from ._config import ConfigError, StudySpec, VlmnasConfig, available_profiles
 from ._pareto import hypervolume, pareto_front
+from ._review import front_numbers, publish, reference_point
 from ._trial import run_trial
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -41,19 +43,65 @@ def storage_url(workdir: Path) -> str:
     return f"sqlite:///{Path(workdir).resolve() / 'optuna.db'}"
 
 
+def open_storage(cfg: VlmnasConfig) -> optuna.storages.BaseStorage:
+    """The study's Optuna storage: SQLite in the workdir unless `study.storage` names an
+    RDB URL (PostgreSQL for several drivers) or an Optuna journal file."""
+    url = cfg.study.storage
+    if not url:
+        return optuna.storages.RDBStorage(
+            storage_url(cfg.workdir), engine_kwargs={"connect_args": {"timeout": 30}}
+        )
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url.removeprefix("journal:")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return optuna.storages.RDBStorage(url)
+
+
+def open_tracker(cfg: VlmnasConfig) -> MlflowTracker:
+    """MLflow: SQLite in the workdir, or the tracking server `study.tracking_uri`."""
+    if cfg.study.tracking_uri:
+        return MlflowTracker(cfg.study.tracking_uri)
+    return MlflowTracker.for_workdir(cfg.workdir)
+
+
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     """The study's Optuna sampler, seeded. The GP sampler needs torch (a dependency) and
     starts from `population_size` random trials; its categorical space is the whole
     search space's one-hot encoding."""
+    # With constraints, the samplers rank infeasible trials behind feasible ones
+    # (constrained domination); random sampling ignores them.
+    cons = {"constraints_func": constraint_values} if spec.constraints else {}
     if spec.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=spec.population_size, seed=spec.seed)
+        return optuna.samplers.NSGAIISampler(
+            population_size=spec.population_size, seed=spec.seed, **cons
+        )
     if spec.sampler == "nsga3":
-        return optuna.samplers.NSGAIIISampler(population_size=spec.population_size, seed=spec.seed)
+        return optuna.samplers.NSGAIIISampler(
+            population_size=spec.population_size, seed=spec.seed, **cons
+        )
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
+        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, **cons)
     if spec.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=spec.seed, n_startup_trials=spec.population_size)
+        return optuna.samplers.GPSampler(
+            seed=spec.seed, n_startup_trials=spec.population_size, **cons
+        )
     return optuna.samplers.RandomSampler(seed=spec.seed)
+
+
+def constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Optuna's constraints_func: the violations the searcher stored (<= 0: satisfied).
+    Module-level so that Ray can pickle the searcher."""
+    return list(trial.user_attrs.get("constraints", []))
+
+
+def feasible_complete(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """COMPLETE trials that met every constraint: the only ones a front may hold."""
+    return [
+        t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("infeasible")
+    ]
 
 
 @dataclass(frozen=True)
@@ -67,10 +115,11 @@ class FrontMember:
 class SearchSummary:
     study_name: str
     finished: int
-    complete: int
+    complete: int  # complete and feasible
     failed: int
     front: list[FrontMember]
     chance: float  # accuracy of a blind guesser on the validation set (VQAData.prior_baseline)
+    infeasible: int = 0  # broke a constraint (most of them untrained)
 
 
 def search(cfg: VlmnasConfig) -> SearchSummary:
@@ -84,12 +133,12 @@ def search(cfg: VlmnasConfig) -> SearchSummary:
     data = prepare_data(cfg.data, workdir)
     data_root = data.root
 
-    storage = optuna.storages.RDBStorage(storage_url(workdir))
+    storage = open_storage(cfg)
     study = _open_study(storage, cfg)
     rerun = _requeue_interrupted(study)
     finished = _finished_count(study.get_trials(deepcopy=False))
     remaining = cfg.study.n_trials - finished
-    tracker = MlflowTracker.for_workdir(workdir)
+    tracker = open_tracker(cfg)
     parent_run = tracker.start_study(cfg.study.name, {**cfg.raw, "choices": cfg.choices})
     print(
         f"vlmnas: study {cfg.study.name!r} in {workdir}: {finished} trials finished,"
@@ -107,6 +156,10 @@ def search(cfg: VlmnasConfig) -> SearchSummary:
         tracker.end_study(parent_run, failed=failed)
     summary = summarize(storage, cfg, chance=data.prior_baseline())
     _write_front(cfg, summary)
+    report = publish(
+        cfg, optuna.load_study(study_name=cfg.study.name, storage=storage), tracker, parent_run
+    )
+    print(f"vlmnas: report {report}", flush=True)
     return summary
 
 
@@ -173,13 +226,18 @@ def _run_tune(
     # with the final report. Ray's documented switch lets such reports through.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=os.cpu_count(),
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="ERROR",
-            configure_logging=True,
-        )
+        # Workers time latency under a per-host lock; they must find the driver's.
+        env = {k: os.environ[k] for k in (LOCK_DIR_ENV,) if k in os.environ}
+        common = {
+            "log_to_driver": False,
+            "logging_level": "ERROR",
+            "configure_logging": True,
+            "runtime_env": {"env_vars": env} if env else None,
+        }
+        if cfg.ray.address:
+            ray.init(address=cfg.ray.address, **common)
+        else:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **common)
     objectives = cfg.study.objectives
     searcher = _StudySearch(
         space=_DefineByRun(cfg),
@@ -189,6 +247,7 @@ def _run_tune(
         storage=storage,
         study_name=cfg.study.name,
         seed=cfg.study.seed,
+        cfg=cfg,
     )
     failures = _FailureLimit(cfg.study.max_consecutive_failures)
     trainable = tune.with_resources(
@@ -274,6 +333,7 @@ def _trainable(config: dict[str, Any], *, cfg: VlmnasConfig, data_root: Path) ->
         {
             **outcome.metrics,
             **outcome.info,
+            "ray_node": ray.get_runtime_context().get_node_id(),
             "val_accuracy_history": outcome.series["val_accuracy"],
             "final": True,
         }
@@ -282,8 +342,8 @@ def _trainable(config: dict[str, Any], *, cfg: VlmnasConfig, data_root: Path) ->
 
 @dataclass(frozen=True)
 class _Outcome:
-    state: str  # complete | pruned | failed, as the dashboards name them
-    values: list[float] | None
+    state: str  # complete | pruned | failed | infeasible, as the dashboards name them
+    values: list[float | None] | None  # objective values; None where not measured
     reason: str
 
 
@@ -294,7 +354,8 @@ def _outcome(
     must agree on it.
 
     A last report without the `final` marker is a per-epoch one: the scheduler (ASHA)
-    stopped the trial early, so it is pruned, never on the front.
+    stopped the trial early, so it is pruned, never on the front. A trial that broke a
+    constraint is infeasible, with whatever it measured (no accuracy if untrained).
     """
     if error is not None or not result:
         return _Outcome("failed", None, error or "trial ended without reporting")
@@ -305,13 +366,27 @@ def _outcome(
             "pruned", None, f"stopped early by the scheduler after epoch {result.get('epoch')}"
         )
     values = [result.get(m) for m in metrics]
-    if all(isinstance(v, int | float) and math.isfinite(v) for v in values):
-        return _Outcome("complete", [float(v) for v in values], "")  # type: ignore[arg-type]
+    finite = [float(v) if isinstance(v, int | float) and math.isfinite(v) else None for v in values]
+    if result.get("infeasible"):
+        return _Outcome("infeasible", finite, str(result["infeasible"]))
+    if all(v is not None for v in finite):
+        return _Outcome("complete", finite, "")
     return _Outcome(
         "failed",
         None,
         f"objective values missing or not finite: {dict(zip(metrics, values, strict=True))}",
     )
+
+
+def _constraint_violations(cfg: VlmnasConfig, result: dict[str, Any]) -> list[float]:
+    """Per constraint: its violation (<= 0 satisfied); an unmeasured metric (an
+    untrained trial's accuracy) counts as satisfied, the trial being infeasible already."""
+    out = []
+    for constraint in cfg.study.parsed_constraints:
+        value = result.get(constraint.metric)
+        ok = isinstance(value, int | float) and math.isfinite(value)
+        out.append(constraint.violation(float(value)) if ok else 0.0)
+    return out
 
 
 class _StudySearch(OptunaSearch):  # type: ignore[misc]
@@ -323,6 +398,10 @@ class _StudySearch(OptunaSearch):  # type: ignore[misc]
     `_outcome` says: COMPLETE with its objectives, PRUNED when the scheduler stopped it,
     FAIL otherwise, with the reason in its user attributes.
     """
+
+    def __init__(self, *args: Any, cfg: VlmnasConfig, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cfg = cfg
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -336,8 +415,13 @@ class _StudySearch(OptunaSearch):  # type: ignore[misc]
         for key in ("arch_id", "trial_dir"):
             if key in (result or {}):
                 ot_trial.set_user_attr(key, result[key])
-        if outcome.state == "complete":
-            self._ot_study.tell(ot_trial, outcome.values, state=TrialState.COMPLETE)
+        if self._cfg.study.constraints:
+            ot_trial.set_user_attr("constraints", _constraint_violations(self._cfg, result or {}))
+        if outcome.state in ("complete", "infeasible"):
+            assert outcome.values is not None
+            if outcome.state == "infeasible":
+                ot_trial.set_user_attr("infeasible", outcome.reason)
+            self._ot_study.tell(ot_trial, _fill_worst(outcome.values, self.mode))
         else:
             ot_trial.set_user_attr(
                 "fail_reason" if outcome.state == "failed" else "pruned_reason", outcome.reason
@@ -345,6 +429,16 @@ class _StudySearch(OptunaSearch):  # type: ignore[misc]
             state = TrialState.PRUNED if outcome.state == "pruned" else TrialState.FAIL
             self._ot_study.tell(ot_trial, state=state)
         self._completed_trials.add(trial_id)
+
+
+def _fill_worst(values: list[float | None], modes: list[str]) -> list[float]:
+    """An infeasible trial is told to Optuna as COMPLETE (so that constrained samplers
+    learn from it) with its measured values; objectives it never measured (accuracy of
+    an untrained candidate) get the worst value. The front never holds it."""
+    return [
+        v if v is not None else (-math.inf if mode == "max" else math.inf)
+        for v, mode in zip(values, modes, strict=True)
+    ]
 
 
 class StudyError(RuntimeError):
@@ -431,10 +525,11 @@ class _TrackTrials(Callback):  # type: ignore[misc]
                 k: str(v)
                 for k, v in result.items()
                 if k.endswith(("/latency_source", "/scheme", "/runtime", "/device"))
+                or k == "ray_node"
             }
         )
         if outcome.state != "complete":
-            tags["fail_reason" if outcome.state == "failed" else "pruned_reason"] = outcome.reason
+            tags[f"{outcome.state.replace('failed', 'fail')}_reason"] = outcome.reason
         trial_dir = Path(result.get("trial_dir", self.cfg.study_dir / "trials" / str(number)))
         # A pruned trial's accuracy history comes from its per-epoch reports.
         history = result.get("val_accuracy_history") or self.epoch_history.pop(trial.trial_id, [])
@@ -448,11 +543,16 @@ class _TrackTrials(Callback):  # type: ignore[misc]
             series={"val_accuracy": history},
         )
         self.tracker.log_trial(self.cfg.study.name, self.parent_run, record)
+        study = optuna.load_study(study_name=self.cfg.study.name, storage=self.storage)
+        front = set(front_numbers(self.cfg, study.get_trials(deepcopy=False)))
+        self.tracker.mark_front(self.cfg.study.name, self.parent_run, front)
         self.failures.record(outcome.state == "failed", outcome.reason)
         shown = ", ".join(f"{m}={metrics[m]:.4g}" for m in self.metrics if m in metrics)
-        status = {"complete": "complete", "pruned": f"pruned ({outcome.reason})"}.get(
-            outcome.state, f"FAILED ({outcome.reason[:200]})"
-        )
+        status = {
+            "complete": "complete",
+            "pruned": f"pruned ({outcome.reason})",
+            "infeasible": f"infeasible ({outcome.reason})" + ("" if history else ", not trained"),
+        }.get(outcome.state, f"FAILED ({outcome.reason[:200]})")
         print(f"vlmnas: trial {number} {status} {shown}", flush=True)
         print(f"vlmnas: {self._progress()}", flush=True)
 
@@ -461,34 +561,24 @@ class _TrackTrials(Callback):  # type: ignore[misc]
         study = optuna.load_study(study_name=self.cfg.study.name, storage=self.storage)
         trials = study.get_trials(deepcopy=False)
         count = {s: sum(t.state == s for t in trials) for s in TrialState}
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        complete = feasible_complete(trials)
+        infeasible = sum(bool(t.user_attrs.get("infeasible")) for t in trials)
         directions = [o.direction for o in self.cfg.study.objectives]
         front = pareto_front([t.values for t in complete], directions)
-        hv = hypervolume([complete[i].values for i in front], directions, self._reference(complete))
+        hv = hypervolume(
+            [complete[i].values for i in front], directions, reference_point(self.cfg, complete)
+        )
         done_here = max(self.finished_here, 1)
         elapsed = time.monotonic() - self.start
         left = (self.to_run - self.finished_here) * elapsed / done_here
         return (
             f"{_finished_count(trials)}/{self.cfg.study.n_trials} finished"
-            f" ({count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned,"
-            f" {count[TrialState.FAIL]} failed), {count[TrialState.RUNNING]} running;"
+            f" ({len(complete)} complete, {count[TrialState.PRUNED]} pruned,"
+            f" {count[TrialState.FAIL]} failed, {infeasible} infeasible),"
+            f" {count[TrialState.RUNNING]} running;"
             f" front {len(front)}, hypervolume {hv:.4g};"
             f" {_clock(elapsed)} elapsed, ~{_clock(left)} left"
         )
-
-    def _reference(self, complete: list[optuna.trial.FrozenTrial]) -> list[float]:
-        baseline = next(
-            (t for t in complete if t.user_attrs.get("baseline")), complete[0] if complete else None
-        )
-        ref = []
-        for i, o in enumerate(self.cfg.study.objectives):
-            if o.reference is not None:
-                ref.append(o.reference)
-            elif o.direction == "maximize":
-                ref.append(0.0)
-            else:
-                ref.append(2.0 * baseline.values[i] if baseline else float("inf"))
-        return ref
 
 
 def _clock(seconds: float) -> str:
@@ -501,7 +591,7 @@ def summarize(
 ) -> SearchSummary:
     study = optuna.load_study(study_name=cfg.study.name, storage=storage)
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    complete = feasible_complete(trials)
     names = [o.metric for o in cfg.study.objectives]
     directions = [o.direction for o in cfg.study.objectives]
     front_idx = pareto_front([t.values for t in complete], directions)
@@ -518,6 +608,7 @@ def summarize(
         finished=_finished_count(trials),
         complete=len(complete),
         failed=sum(t.state == TrialState.FAIL for t in trials),
+        infeasible=sum(bool(t.user_attrs.get("infeasible")) for t in trials),
         front=front,
         chance=chance,
     )

@@ -9,6 +9,10 @@
    on that profile's runtime over the validation set (or a stated subset, with its 95%
    interval); an NPU profile also reports `npu_coverage`.
 4. Write the trial's folder (config.yaml, metrics.json, models) and return the metrics.
+
+A study's constraints are checked after step 1 on what is known then (latency, size,
+NPU coverage, params): a candidate that breaks one stops there, untrained, with
+`info["infeasible"]` naming what it broke. After step 3 every constraint is checked.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -90,6 +93,17 @@ def run_trial(
             info[f"{profile.name}/runtime"] = measured.runtime
             info[f"{profile.name}/device"] = measured.cpu
             info[f"{profile.name}/scheme"] = scheme
+            with busy():
+                share = coverage(dep)
+            if share is not None:
+                metrics[f"{profile.name}/npu_coverage"] = share
+
+    # Constraints on what is known now (latency, size, coverage, params): a candidate
+    # that breaks one is infeasible whatever its accuracy, so it is not trained.
+    broken = violated(cfg, metrics, cheap_only=True)
+    if broken and cfg.study.reject_before_training:
+        info["infeasible"] = "; ".join(broken)
+        return _finish(arch, number, cfg, data_root, data, trial_dir, metrics, info, [])
 
     # 2. Train, unless these weights were trained before (same architecture part of
     #    arch_id, budget and data): then only the quantized models below are new.
@@ -117,11 +131,43 @@ def run_trial(
             metrics[f"{profile.name}/accuracy_n"] = float(acc.n)
             metrics[f"{profile.name}/accuracy_ci95_low"] = acc.low
             metrics[f"{profile.name}/accuracy_ci95_high"] = acc.high
-        if share is not None:
+        if share is not None:  # measured again on the trained graph
             metrics[f"{profile.name}/npu_coverage"] = share
         info[f"{profile.name}/model"] = str(dep.path)
 
-    # 4. The trial's folder: enough to rebuild, retrain and rerun it.
+    broken = violated(cfg, metrics)
+    if broken:
+        info["infeasible"] = "; ".join(broken)
+    return _finish(
+        arch, number, cfg, data_root, data, trial_dir, metrics, info, result.val_accuracy_history
+    )
+
+
+def violated(cfg: VlmnasConfig, metrics: dict[str, float], cheap_only: bool = False) -> list[str]:
+    """The study's constraints that `metrics` break (those known before training only,
+    when `cheap_only`); each as text with the measured value."""
+    broken = []
+    for constraint in cfg.study.parsed_constraints:
+        if cheap_only and not constraint.cheap:
+            continue
+        value = metrics.get(constraint.metric)
+        if value is not None and constraint.violation(value) > 0:
+            broken.append(f"{constraint} (measured {value:.4g})")
+    return broken
+
+
+def _finish(
+    arch: ArchConfig,
+    number: int,
+    cfg: VlmnasConfig,
+    data_root: Path,
+    data: VQAData,
+    trial_dir: Path,
+    metrics: dict[str, float],
+    info: dict[str, str],
+    history: list[float],
+) -> TrialOutcome:
+    """4. The trial's folder: enough to rebuild, retrain and rerun it."""
     trial_config = {
         "arch": arch.to_dict(),
         "arch_id": arch.arch_id,
@@ -131,26 +177,19 @@ def run_trial(
             "root": str(data_root),
             "text_len": data.text_len,
             "max_answer_tokens": data.max_answer_tokens,
+            "config": asdict(cfg.data),  # enough to generate shapes-VQA data again
         },
         "study": {"name": cfg.study.name, "trial_number": number},
     }
     _write_atomic(trial_dir / "config.yaml", yaml.safe_dump(trial_config, sort_keys=False))
     _write_atomic(
         trial_dir / "metrics.json",
-        json.dumps(
-            {"metrics": metrics, "val_accuracy_history": result.val_accuracy_history, "info": info},
-            indent=1,
-        ),
+        json.dumps({"metrics": metrics, "val_accuracy_history": history, "info": info}, indent=1),
     )
-    return TrialOutcome(metrics, {"val_accuracy": result.val_accuracy_history}, info)
+    return TrialOutcome(metrics, {"val_accuracy": history}, info)
 
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def outcome_to_report(outcome: TrialOutcome) -> dict[str, Any]:
-    """The flat dict a trial reports to Ray Tune (metrics plus string info)."""
-    return {**outcome.metrics, "info": dict(outcome.info), "series": dict(outcome.series)}

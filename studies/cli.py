@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 COMMANDS = {
     "search": "run (or resume) the study: sample, train, measure, keep the Pareto front",
     "export": "write the study's Pareto-optimal trials to <workdir>/<study>/export/",
     "dashboard": "serve the MLflow UI for the study on 127.0.0.1 (--port, --host)",
+    "train": "rebuild and retrain an exported winner: vlmnas train candidate=<export>/config.yaml",
 }
 
 
@@ -38,6 +41,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._search import StudyError
 
     try:
+        if args.command == "train":
+            from ._train import train_candidate
+
+            given = dict(o.split("=", 1) for o in args.overrides if "=" in o)
+            if set(given) != {"candidate"} or len(args.overrides) != 1:
+                raise ConfigError(
+                    f"train takes exactly candidate=<export folder>/config.yaml; got {args.overrides}"
+                )
+            path = Path(given["candidate"]).expanduser().resolve()
+            metrics = train_candidate(path)
+            recorded = json.loads((path.parent / "metrics.json").read_text())["metrics"]
+            for key, value in metrics.items():
+                before = recorded.get(key)
+                was = f" (exported: {before:.4g})" if isinstance(before, int | float) else ""
+                print(f"vlmnas: {key}={value:.4g}{was}")
+            print(f"vlmnas: retrained into {path.parent / 'retrained'}")
+            return 0
         cfg = load_config(args.overrides)
         if args.command == "search":
             from ._search import search
@@ -45,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = search(cfg)
             print(
                 f"vlmnas: study {summary.study_name!r}: {summary.finished} finished"
-                f" ({summary.complete} complete, {summary.failed} failed);"
+                f" ({summary.complete} complete, {summary.failed} failed,"
+                f" {summary.infeasible} infeasible);"
                 f" Pareto front of {len(summary.front)}:"
             )
             for m in summary.front:

@@ -87,7 +87,9 @@ def test_optional_profile_without_its_runtime_is_dropped_before_any_trial(monkey
             " {metric: gpu/latency_p50_ms, direction: minimize}]",
         ]
     )
-    with pytest.raises(ConfigError, match="objectives \\['gpu/latency_p50_ms'\\] need it"):
+    with pytest.raises(
+        ConfigError, match="objectives or constraints \\['gpu/latency_p50_ms'\\] need it"
+    ):
         available_profiles(on_gpu)
 
 

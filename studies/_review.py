@@ -1,0 +1,191 @@
+"""What people look at after (and during) a search: plots, the Pareto table, the static
+report, and the MLflow parent run that carries them.
+
+`publish` reads the Optuna study and each trial's metrics.json, hands plain records to
+`dashboards`, and logs the results to the study's parent run:
+
+- `<study_dir>/plots/{pareto,hypervolume,parallel_coordinates,param_importances}.{html,png}`
+- `<study_dir>/pareto.csv`: the front, one row per trial, every metric
+- `<study_dir>/report.html`: a self-contained page (front table and plots)
+- child runs tagged `pareto=true|false`; Pareto trials get their deployed models
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from dashboards import MlflowTracker
+from dashboards._html import write_report
+from dashboards._plots import Objective, PlotTrial, figure_divs, write_plots
+
+from ._config import VlmnasConfig
+from ._pareto import hypervolume, pareto_front
+
+
+def _state(trial: optuna.trial.FrozenTrial) -> str:
+    if trial.state == TrialState.COMPLETE:
+        return "infeasible" if trial.user_attrs.get("infeasible") else "complete"
+    return {TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}.get(trial.state, "running")
+
+
+def reference_point(cfg: VlmnasConfig, feasible: list[optuna.trial.FrozenTrial]) -> list[float]:
+    """Hypervolume reference: the objective's `reference`, else 0 when maximizing and
+    twice the baseline's value when minimizing (first feasible trial if the baseline is
+    not feasible)."""
+    baseline = next((t for t in feasible if t.user_attrs.get("baseline")), None)
+    baseline = baseline or (feasible[0] if feasible else None)
+    ref = []
+    for i, o in enumerate(cfg.study.objectives):
+        if o.reference is not None:
+            ref.append(o.reference)
+        elif o.direction == "maximize":
+            ref.append(0.0)
+        else:
+            ref.append(2.0 * baseline.values[i] if baseline else float("inf"))
+    return ref
+
+
+def front_numbers(cfg: VlmnasConfig, trials: list[optuna.trial.FrozenTrial]) -> list[int]:
+    feasible = [t for t in trials if _state(t) == "complete"]
+    directions = [o.direction for o in cfg.study.objectives]
+    return [feasible[i].number for i in pareto_front([t.values for t in feasible], directions)]
+
+
+def hypervolume_history(
+    cfg: VlmnasConfig, trials: list[optuna.trial.FrozenTrial]
+) -> list[tuple[int, float]]:
+    """(finished trials so far, hypervolume of the feasible front then), in finishing
+    order, with one reference point for the whole history."""
+    directions = [o.direction for o in cfg.study.objectives]
+    finished = sorted(
+        (t for t in trials if t.datetime_complete is not None),
+        key=lambda t: t.datetime_complete,
+    )
+    feasible_all = [t for t in finished if _state(t) == "complete"]
+    ref = reference_point(cfg, feasible_all)
+    history = []
+    seen: list[list[float]] = []
+    for k, t in enumerate(finished, 1):
+        if _state(t) == "complete":
+            seen.append(list(t.values))
+        front = pareto_front(seen, directions)
+        history.append((k, hypervolume([seen[i] for i in front], directions, ref)))
+    return history
+
+
+def importances(cfg: VlmnasConfig, study: optuna.Study) -> dict[str, float]:
+    """fANOVA importance of each parameter for the first objective, over feasible
+    complete trials (Optuna's evaluator); empty when there are too few trials."""
+    feasible = [t for t in study.get_trials(deepcopy=False) if _state(t) == "complete"]
+    if len(feasible) < 3:
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dict(
+                optuna.importance.get_param_importances(
+                    study,
+                    target=lambda t: t.values[0],
+                    params=None,
+                    evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                )
+            )
+    except (ValueError, RuntimeError):
+        return {}
+
+
+def _metrics(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    path = Path(str(trial.user_attrs.get("trial_dir", ""))) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {"metrics": {}, "info": {}}
+
+
+def publish(
+    cfg: VlmnasConfig,
+    study: optuna.Study,
+    tracker: MlflowTracker | None = None,
+    parent_run: str | None = None,
+) -> Path:
+    """Write the plots, pareto.csv and report.html; log them (and the Pareto trials'
+    models and tags) to MLflow when a tracker is given. Returns the report's path."""
+    trials = study.get_trials(deepcopy=False)
+    objectives = [Objective(o.metric, o.direction) for o in cfg.study.objectives]
+    names = [o.metric for o in objectives]
+    front = front_numbers(cfg, trials)
+    plot_trials = [
+        PlotTrial(
+            number=t.number,
+            state=_state(t),
+            values=dict(zip(names, t.values, strict=True)) if t.values else {},
+            params=dict(t.params),
+            baseline=bool(t.user_attrs.get("baseline")),
+            on_front=t.number in front,
+        )
+        for t in trials
+    ]
+    history = hypervolume_history(cfg, trials)
+    imp = importances(cfg, study)
+    out = cfg.study_dir
+    plots = write_plots(out / "plots", plot_trials, objectives, history, imp)
+
+    by_number = {t.number: t for t in trials}
+    rows = []
+    for number in front:
+        record = _metrics(by_number[number])
+        rows.append(
+            {
+                "trial": number,
+                **{k: v for k, v in record["metrics"].items()},
+                "arch_id": by_number[number].user_attrs.get("arch_id", ""),
+                **{k: v for k, v in record["info"].items() if k.endswith("/latency_source")},
+            }
+        )
+    columns = ["trial", *names]
+    columns += sorted({k for r in rows for k in r} - set(columns))
+    csv_path = out / "pareto.csv"
+    tmp = csv_path.with_name(".pareto.csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, csv_path)
+
+    counts = {s: sum(p.state == s for p in plot_trials) for s in ("complete", "infeasible")}
+    facts = {
+        "study": cfg.study.name,
+        "objectives": ", ".join(f"{o.metric} ({o.direction})" for o in objectives),
+        "constraints": ", ".join(cfg.study.constraints) or "none",
+        "profiles": ", ".join(p.name for p in cfg.profiles),
+        "trials": len(trials),
+        "complete (feasible)": counts["complete"],
+        "infeasible": counts["infeasible"],
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "failed": sum(t.state == TrialState.FAIL for t in trials),
+        "front size": len(front),
+        "final hypervolume": history[-1][1] if history else 0.0,
+    }
+    short = ["trial", *names, *[c for c in columns if c.endswith("/latency_source")]]
+    report = write_report(
+        out / "report.html",
+        title=f"vlmnas study {cfg.study.name}",
+        facts=facts,
+        front_columns=short,
+        front_rows=rows,
+        plots=figure_divs(plot_trials, objectives, history, imp),
+    )
+
+    if tracker is not None and parent_run is not None:
+        tracker.log_files(parent_run, [*plots, csv_path, report], {"plots": plots})
+        models = {
+            n: [Path(v) for k, v in _metrics(by_number[n])["info"].items() if k.endswith("/model")]
+            for n in front
+        }
+        tracker.mark_front(cfg.study.name, parent_run, set(front), models)
+    return report

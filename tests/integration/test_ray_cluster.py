@@ -1,0 +1,93 @@
+"""`vlmnas search ray.address=...` on a real Ray cluster: a head node started with
+`ray start --head` on 127.0.0.1 and a second worker node process, one CPU each."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from dashboards import tracking_uri_for
+from tests.integration.test_cli import REPO, TINY
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ray(*args: str, env: dict[str, str]) -> None:
+    run = subprocess.run([RAY, *args], capture_output=True, text=True, timeout=180, env=env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+
+
+def test_search_runs_on_a_two_node_local_cluster(tmp_path: Path) -> None:
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    # Token authentication, as Ray >= 2.59 expects: one shared secret for the head, the
+    # worker node and the driver.
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    # Ray's socket paths must stay under 108 bytes: a short temp dir of our own.
+    temp = Path(tempfile.mkdtemp(prefix="vr", dir="/tmp"))
+    try:
+        _ray(
+            "start",
+            "--head",
+            f"--port={port}",
+            "--include-dashboard=false",
+            f"--temp-dir={temp}",
+            *common,
+            env=env,
+        )
+        _ray("start", f"--address={address}", *common, env=env)
+        workdir = tmp_path / "runs"
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "studies.cli",
+                "search",
+                f"ray.address={address}",
+                f"study.workdir={workdir}",
+                "study.name=cluster",
+                "study.n_trials=3",
+                "study.max_concurrent=2",
+                "study.cpus_per_trial=1",
+                *TINY,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=REPO,
+            env=env,
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=env)
+        shutil.rmtree(temp, ignore_errors=True)
+    study = optuna.load_study(study_name="cluster", storage=f"sqlite:///{workdir / 'optuna.db'}")
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.COMPLETE] * 3
+    client = MlflowClient(tracking_uri_for(workdir))
+    experiment = client.get_experiment_by_name("cluster")
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`vlmnas.role` = 'trial'"
+    )
+    nodes = {c.data.tags["ray_node"] for c in children}
+    assert len(children) == 3 and len(nodes) == 2, nodes  # both nodes ran trials

@@ -26,7 +26,10 @@ def _trials() -> list[PlotTrial]:
             number=n,
             state=state,
             values={} if acc is None else {"cpu/accuracy": acc, "cpu/latency_p50_ms": lat},
-            params={"lm.width": [64, 96, 128][n % 3], "fusion.placement": ["early", "hybrid"][n % 2]},
+            params={
+                "lm.width": [64, 96, 128][n % 3],
+                "fusion.placement": ["early", "hybrid"][n % 2],
+            },
             baseline=base,
             on_front=front,
         )
@@ -51,7 +54,9 @@ def test_every_plot_is_written_as_html_and_png(tmp_path: Path) -> None:
         if path.suffix == ".png":
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     pareto = (tmp_path / "pareto.html").read_text().replace("\\u002f", "/")
-    figure = json.loads(re.search(r'Plotly.newPlot\(\s*"[^"]+",\s*(\[.*?\]),\s*\{', pareto, re.S).group(1))
+    figure = json.loads(
+        re.search(r'Plotly.newPlot\(\s*"[^"]+",\s*(\[.*?\]),\s*\{', pareto, re.S).group(1)
+    )
     by_name = {trace["name"]: trace for trace in figure}
     assert by_name["Pareto front"]["text"] == ["trial 1", "trial 0"]  # sorted along x
     assert by_name["baseline (trial 0)"]["text"] == ["trial 0"]

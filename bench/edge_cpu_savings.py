@@ -6,7 +6,7 @@
 Runs the same `edge_cpu` study (same seed, same sampler, same constraints) three times,
 each in its own workdir so no cache is shared:
 
-- `both`: cheap-first rejection and ASHA on (the preset);
+- `both`: cheap-first rejection and ASHA on;
 - `no_reject`: every candidate is trained; constraints are checked after training;
 - `no_asha`: cheap-first on, ASHA off.
 
@@ -38,8 +38,8 @@ from studies._pareto import hypervolume, pareto_front  # noqa: E402
 from studies._search import feasible_complete  # noqa: E402
 
 VARIANTS = {
-    "both": [],
-    "no_reject": ["study.reject_before_training=false"],
+    "both": ["study.asha.enabled=true"],
+    "no_reject": ["study.asha.enabled=true", "study.reject_before_training=false"],
     "no_asha": ["study.asha.enabled=false"],
 }
 

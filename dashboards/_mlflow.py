@@ -62,7 +62,14 @@ class MlflowTracker:
         if exp is not None:
             return str(exp.experiment_id)
         location = (self.artifact_root / study_name).as_uri() if self.artifact_root else None
-        return str(self.client.create_experiment(study_name, artifact_location=location))
+        # The MLflow 3 UI opens an experiment in its GenAI view unless told this kind.
+        return str(
+            self.client.create_experiment(
+                study_name,
+                artifact_location=location,
+                tags={"mlflow.experimentKind": "custom_model_development"},
+            )
+        )
 
     def start_study(self, study_name: str, config: Mapping[str, Any]) -> str:
         """The study's parent run id: reused when the study already has one."""

@@ -39,7 +39,9 @@ def serve(
 ) -> NoReturn:
     """Become the MLflow UI process (exec), so Ctrl-C and SIGTERM reach the server itself
     and no orphan keeps the port."""
-    url = f"http://{host}:{port}/" + (f"#/experiments/{experiment_id}" if experiment_id else "")
+    url = f"http://{host}:{port}/" + (
+        f"#/experiments/{experiment_id}/runs" if experiment_id else ""
+    )
     print(f"vlmnas: MLflow UI at {url} (Ctrl-C stops it)", flush=True)
     print(
         f"vlmnas: the same study in optuna-dashboard: {optuna_dashboard_hint(workdir)}", flush=True

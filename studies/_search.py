@@ -8,11 +8,13 @@ Tune callback), so a trial that dies still ends up recorded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,29 @@ from ._review import front_numbers, publish, reference_point
 from ._trial import run_trial
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class _Timing:
+    """Where the driver's time goes, for the orchestration-overhead benchmark: seconds in
+    MLflow calls, in Optuna (sampler and storage), and the trials' own compute (each
+    trial reports its `run_trial` wall time). Written to `<study_dir>/timing.json`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+
+TIMING = _Timing()  # the driver's; the searcher and callbacks run in the driver process
 
 
 def storage_url(workdir: Path) -> str:
@@ -139,13 +164,16 @@ def search(cfg: VlmnasConfig) -> SearchSummary:
     finished = _finished_count(study.get_trials(deepcopy=False))
     remaining = cfg.study.n_trials - finished
     tracker = open_tracker(cfg)
-    parent_run = tracker.start_study(cfg.study.name, {**cfg.raw, "choices": cfg.choices})
+    TIMING.seconds.clear()
+    with TIMING.part("mlflow_setup"):
+        parent_run = tracker.start_study(cfg.study.name, {**cfg.raw, "choices": cfg.choices})
     print(
         f"vlmnas: study {cfg.study.name!r} in {workdir}: {finished} trials finished,"
         f" {max(remaining, 0)} to run{f' ({rerun} interrupted, rerun)' if rerun else ''} (data: {data_root})",
         flush=True,
     )
     failed = False
+    start = time.perf_counter()
     try:
         if remaining > 0:
             _run_tune(cfg, data_root, storage, remaining, tracker, parent_run)
@@ -153,14 +181,32 @@ def search(cfg: VlmnasConfig) -> SearchSummary:
         failed = True
         raise
     finally:
-        tracker.end_study(parent_run, failed=failed)
+        TIMING.add("tune_wall", time.perf_counter() - start)
+        with TIMING.part("mlflow_setup"):
+            tracker.end_study(parent_run, failed=failed)
     summary = summarize(storage, cfg, chance=data.prior_baseline())
     _write_front(cfg, summary)
-    report = publish(
-        cfg, optuna.load_study(study_name=cfg.study.name, storage=storage), tracker, parent_run
-    )
+    with TIMING.part("report"):
+        report = publish(
+            cfg, optuna.load_study(study_name=cfg.study.name, storage=storage), tracker, parent_run
+        )
+    _write_timing(cfg)
     print(f"vlmnas: report {report}", flush=True)
     return summary
+
+
+def _write_timing(cfg: VlmnasConfig) -> None:
+    """`timing.json`: this run's wall time inside Ray Tune and where it went. For a study
+    with one trial at a time, `other_s` (wall minus trial compute, MLflow and Optuna) is
+    Ray Tune's own share: scheduling, worker start-up, result passing."""
+    sec = dict(TIMING.seconds)
+    inside = sec.get("tune_wall", 0.0)
+    sec["other_s"] = inside - sum(sec.get(k, 0.0) for k in ("trials", "mlflow", "optuna"))
+    path = cfg.study_dir / "timing.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({f"{k}_s" if not k.endswith("_s") else k: v for k, v in sec.items()}, indent=1)
+    )
 
 
 def _open_study(storage: optuna.storages.BaseStorage, cfg: VlmnasConfig) -> optuna.Study:
@@ -315,6 +361,7 @@ class _DefineByRun:
 def _trainable(config: dict[str, Any], *, cfg: VlmnasConfig, data_root: Path) -> None:
     """Ray Tune function trainable: one trial. Errors become a reported `error` field."""
     arch = ArchConfig.from_dict(config["arch"])
+    start = time.perf_counter()
     try:
         outcome = run_trial(
             arch, config["trial_number"], cfg, data_root, report=lambda _e, m: tune.report(m)
@@ -324,6 +371,7 @@ def _trainable(config: dict[str, Any], *, cfg: VlmnasConfig, data_root: Path) ->
             {
                 "error": f"{type(exc).__name__}: {exc}"[:1000],
                 "traceback": traceback.format_exc()[-4000:],
+                "trial_s": time.perf_counter() - start,
             }
         )
         return
@@ -335,6 +383,7 @@ def _trainable(config: dict[str, Any], *, cfg: VlmnasConfig, data_root: Path) ->
             **outcome.info,
             "ray_node": ray.get_runtime_context().get_node_id(),
             "val_accuracy_history": outcome.series["val_accuracy"],
+            "trial_s": time.perf_counter() - start,  # the trial's own compute
             "final": True,
         }
     )
@@ -403,9 +452,17 @@ class _StudySearch(OptunaSearch):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._cfg = cfg
 
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        with TIMING.part("optuna"):
+            return super().suggest(trial_id)
+
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
+        with TIMING.part("optuna"):
+            self._tell(trial_id, result, error)
+
+    def _tell(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
         if trial_id in self._completed_trials:
             return
         ot_trial = self._ot_trials[trial_id]
@@ -542,10 +599,14 @@ class _TrackTrials(Callback):  # type: ignore[misc]
             artifacts=(trial_dir / "config.yaml", trial_dir / "metrics.json"),
             series={"val_accuracy": history},
         )
-        self.tracker.log_trial(self.cfg.study.name, self.parent_run, record)
-        study = optuna.load_study(study_name=self.cfg.study.name, storage=self.storage)
-        front = set(front_numbers(self.cfg, study.get_trials(deepcopy=False)))
-        self.tracker.mark_front(self.cfg.study.name, self.parent_run, front)
+        TIMING.add("trials", float(result.get("trial_s", 0.0)))
+        with TIMING.part("mlflow"):
+            self.tracker.log_trial(self.cfg.study.name, self.parent_run, record)
+        with TIMING.part("optuna"):
+            study = optuna.load_study(study_name=self.cfg.study.name, storage=self.storage)
+            front = set(front_numbers(self.cfg, study.get_trials(deepcopy=False)))
+        with TIMING.part("mlflow"):
+            self.tracker.mark_front(self.cfg.study.name, self.parent_run, front)
         self.failures.record(outcome.state == "failed", outcome.reason)
         shown = ", ".join(f"{m}={metrics[m]:.4g}" for m in self.metrics if m in metrics)
         status = {
@@ -554,7 +615,9 @@ class _TrackTrials(Callback):  # type: ignore[misc]
             "infeasible": f"infeasible ({outcome.reason})" + ("" if history else ", not trained"),
         }.get(outcome.state, f"FAILED ({outcome.reason[:200]})")
         print(f"vlmnas: trial {number} {status} {shown}", flush=True)
-        print(f"vlmnas: {self._progress()}", flush=True)
+        with TIMING.part("optuna"):
+            progress = self._progress()
+        print(f"vlmnas: {progress}", flush=True)
 
     def _progress(self) -> str:
         """Counts by state, front size, hypervolume, elapsed and estimated remaining time."""

@@ -5,7 +5,6 @@ the Pareto plot. Screenshots go to test-artifacts/ for a person to look at."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration._net import free_port, wait_for_port
 from tests.integration.test_cli import REPO, TINY, vlmnas
 
 pytestmark = pytest.mark.browser
@@ -62,12 +62,6 @@ def study(tmp_path_factory) -> Path:
     return workdir
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_for_text(driver, needles: list[str], timeout: float = 90.0) -> str:
     deadline = time.monotonic() + timeout
     text = ""
@@ -80,7 +74,7 @@ def _wait_for_text(driver, needles: list[str], timeout: float = 90.0) -> str:
 
 
 def test_dashboard_shows_the_experiment_and_its_trials(browser, study: Path) -> None:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -105,12 +99,7 @@ def test_dashboard_shows_the_experiment_and_its_trials(browser, study: Path) -> 
             if "MLflow UI at" in line:
                 url = line.split("MLflow UI at ", 1)[1].split()[0]
         assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/"), url
-        for _ in range(120):  # the server starts after printing its URL
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+        wait_for_port(port, timeout=120)  # the server starts after printing its URL
         browser.get(url)
         _wait_for_text(browser, ["tiny", "matching runs"])  # the runs table has rendered
         # Child runs sit under the study's parent run: expand it if the UI folds them.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,15 +15,10 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from dashboards import tracking_uri_for
+from tests.integration._net import free_port
 from tests.integration.test_cli import REPO, TINY
 
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _ray(*args: str, env: dict[str, str]) -> None:
@@ -33,7 +27,7 @@ def _ray(*args: str, env: dict[str, str]) -> None:
 
 
 def test_search_runs_on_a_two_node_local_cluster(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     # Token authentication, as Ray >= 2.59 expects: one shared secret for the head, the
     # worker node and the driver.

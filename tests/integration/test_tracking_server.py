@@ -3,26 +3,19 @@ cluster) instead of the workdir's SQLite store."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 from mlflow.tracking import MlflowClient
 
+from tests.integration._net import free_port, wait_for_port
 from tests.integration.test_cli import TINY, vlmnas
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_search_logs_to_a_tracking_server(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -44,12 +37,7 @@ def test_search_logs_to_a_tracking_server(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(120):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+        wait_for_port(port, timeout=120)
         url = f"http://127.0.0.1:{port}"
         workdir = tmp_path / "runs"
         run = vlmnas(

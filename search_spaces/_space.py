@@ -181,6 +181,22 @@ class SearchSpace:
             )
         return self.to_arch(values)
 
+    def grid(self, quant_schemes: Mapping[str, tuple[str, ...]]) -> list[dict[str, Any]]:
+        """Every parameter set `sample` can propose, conditionals included (each branch
+        of a conditional expands only where it applies), in a fixed order.
+
+        Enumerated by replaying `sample` on a trial that follows a path of choice indices
+        and queues the sibling paths (depth-first, in choice order), so the grid cannot drift from what `sample` does.
+        """
+        found: list[dict[str, Any]] = []
+        paths: list[list[int]] = [[]]
+        while paths:
+            trial = _PathTrial(paths.pop())
+            self.sample(trial, quant_schemes)
+            found.append(trial.params)
+            paths.extend(trial.siblings)  # last pushed = next in lexicographic order
+        return found
+
     def to_arch(self, values: Mapping[str, Any]) -> ArchConfig:
         """Build the `ArchConfig` for sampled parameter values (as named in `sample`)."""
         v = {**_NOT_APPLICABLE, **values}
@@ -240,6 +256,28 @@ class SearchSpace:
         return ({k for k in self.choices if k not in _CONDITIONAL} | {"grid_pinpoints"}) <= set(
             values
         )
+
+
+class _PathTrial:
+    """A `TrialLike` that takes the choice indices in `path`, then the first choice of
+    every later parameter, recording the paths to the other choices it passed by."""
+
+    def __init__(self, path: list[int]) -> None:
+        self.path = path
+        self.taken: list[int] = []
+        self.params: dict[str, Any] = {}
+        self.siblings: list[list[int]] = []
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        depth = len(self.taken)
+        if depth < len(self.path):
+            index = self.path[depth]
+        else:
+            index = 0
+            self.siblings += [[*self.taken, i] for i in range(len(choices) - 1, 0, -1)]
+        self.taken.append(index)
+        self.params[name] = choices[index]
+        return choices[index]
 
 
 def _leaf(where: str, path: str, value: Any) -> tuple[Any, ...]:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 import yaml
 
 from hardware_profiles import (
@@ -36,7 +37,7 @@ from hardware_profiles import (
     latency,
     size_mb,
 )
-from search_spaces import ArchConfig
+from search_spaces import ArchConfig, EncodedVQA
 from trainers import cached_fit, model_for
 from trainers.data import ImageCache, VQAData, encode_eval
 
@@ -71,32 +72,9 @@ def run_trial(
     # 1. Cheap objectives on the untrained candidate: latency and size do not depend on
     #    the weights' values, only on the graph and the scheme.
     untrained = model_for(arch, data)
-    metrics["params"] = float(sum(p.numel() for p in untrained.parameters()))
-    latency_cache = LatencyCache(cfg.workdir / "cache" / "latency")
-    with tempfile.TemporaryDirectory() as tmp:
-        for profile in cfg.profiles:
-            scheme = arch.quant_for(profile.name)
-            key = latency_cache.key(
-                f"{arch.weights_id}-{data.text_len}x{len(tok)}", scheme, profile
-            )
-            with busy():  # export and quantization are CPU work: not during a timing run
-                dep = deploy(untrained, profile, scheme, Path(tmp), val, calibration)
-            measured = latency_cache.get(key)
-            if measured is None:
-                measured = latency(dep, val)
-                latency_cache.put(key, measured)
-            metrics[f"{profile.name}/latency_p50_ms"] = measured.p50_ms
-            metrics[f"{profile.name}/latency_p95_ms"] = measured.p95_ms
-            metrics[f"{profile.name}/latency_cv"] = measured.cv
-            metrics[f"{profile.name}/size_mb"] = size_mb(dep.path)
-            info[f"{profile.name}/latency_source"] = measured.source
-            info[f"{profile.name}/runtime"] = measured.runtime
-            info[f"{profile.name}/device"] = measured.cpu
-            info[f"{profile.name}/scheme"] = scheme
-            with busy():
-                share = coverage(dep)
-            if share is not None:
-                metrics[f"{profile.name}/npu_coverage"] = share
+    cheap, cheap_info = cheap_metrics(untrained, arch, cfg, data, val, calibration)
+    metrics.update(cheap)
+    info.update(cheap_info)
 
     # Constraints on what is known now (latency, size, coverage, params): a candidate
     # that breaks one is infeasible whatever its accuracy, so it is not trained.
@@ -141,6 +119,48 @@ def run_trial(
     return _finish(
         arch, number, cfg, data_root, data, trial_dir, metrics, info, result.val_accuracy_history
     )
+
+
+def cheap_metrics(
+    untrained: torch.nn.Module,
+    arch: ArchConfig,
+    cfg: VlmnasConfig,
+    data: VQAData,
+    val: EncodedVQA,
+    calibration: EncodedVQA,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Step 1: params, and per profile latency (measured, estimated or from the latency
+    cache), size and NPU coverage of the untrained model."""
+    metrics: dict[str, float] = {}
+    info: dict[str, str] = {}
+    tok = data.tokenizer
+    metrics["params"] = float(sum(p.numel() for p in untrained.parameters()))
+    latency_cache = LatencyCache(cfg.workdir / "cache" / "latency")
+    with tempfile.TemporaryDirectory() as tmp:
+        for profile in cfg.profiles:
+            scheme = arch.quant_for(profile.name)
+            key = latency_cache.key(
+                f"{arch.weights_id}-{data.text_len}x{len(tok)}", scheme, profile
+            )
+            with busy():  # export and quantization are CPU work: not during a timing run
+                dep = deploy(untrained, profile, scheme, Path(tmp), val, calibration)
+            measured = latency_cache.get(key)
+            if measured is None:
+                measured = latency(dep, val)
+                latency_cache.put(key, measured)
+            metrics[f"{profile.name}/latency_p50_ms"] = measured.p50_ms
+            metrics[f"{profile.name}/latency_p95_ms"] = measured.p95_ms
+            metrics[f"{profile.name}/latency_cv"] = measured.cv
+            metrics[f"{profile.name}/size_mb"] = size_mb(dep.path)
+            info[f"{profile.name}/latency_source"] = measured.source
+            info[f"{profile.name}/runtime"] = measured.runtime
+            info[f"{profile.name}/device"] = measured.cpu
+            info[f"{profile.name}/scheme"] = scheme
+            with busy():
+                share = coverage(dep)
+            if share is not None:
+                metrics[f"{profile.name}/npu_coverage"] = share
+    return metrics, info
 
 
 def violated(cfg: VlmnasConfig, metrics: dict[str, float], cheap_only: bool = False) -> list[str]:

@@ -106,5 +106,5 @@ def test_baseline_values_outside_narrowed_choices_are_sampled() -> None:
 
 
 def test_unknown_space_name_lists_known() -> None:
-    with pytest.raises(SearchSpaceError, match="known: \\['llava_next'\\]"):
+    with pytest.raises(SearchSpaceError, match="known: \\['llava_next', 'tabular'\\]"):
         SearchSpace.load("nope")

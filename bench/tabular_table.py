@@ -81,7 +81,7 @@ def main() -> None:
     grid = cfg.space.grid(quant)
     if args.small:
         grid = grid[:4]
-    params = list(grid[0])
+    params = list(dict.fromkeys(k for p in grid for k in p))  # conditionals: blank where n/a
     print(f"# machine: {cpu_description()}, Python {platform.python_version()}", flush=True)
     print(f"# {len(grid)} configurations -> {out}", flush=True)
 

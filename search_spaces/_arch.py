@@ -15,6 +15,7 @@ XATTN_PATTERNS = ("all", "every_2nd", "lower_half", "upper_half")
 FEATURE_LAYERS = ("last", "second_last")
 POOLINGS = ("none", "avg2x2")
 ACTIVATIONS = ("gelu", "gelu_tanh")
+POS_ENCODINGS = ("learnable", "sincos_2d")
 
 
 def xattn_layer_set(pattern: str, depth: int) -> tuple[int, ...]:
@@ -47,6 +48,10 @@ class VisionTowerConfig:
     tile_size: int = 32
     feature_layer: str = "last"
     pooling: str = "none"
+    # Image-token positions: `learnable` (a trained table over the tile's patch grid) or
+    # `sincos_2d` (fixed 2D sinusoidal over the patch's row and column, plus a fixed
+    # sinusoidal code of the tile's slot, so that AnyRes tiles keep their place).
+    pos_encoding: str = "learnable"
 
     @property
     def patches_per_tile(self) -> int:
@@ -109,6 +114,48 @@ class FusionConfig:
 
 
 @dataclass(frozen=True)
+class RecipeConfig:
+    """How a candidate is trained, where a study searches or fixes it (the recipes of
+    the LLaVA-NeXT article; `trainers/_fit.py` carries them out). The defaults are plain
+    one-stage training.
+
+    - `align_epochs`: stage 1 of progressive fusion, epochs of a CLIP-style contrastive
+      (InfoNCE) loss that aligns the vision tower and projector with the text embedding
+      before the task is tuned (0 = off).
+    - `distill_weight`, `distill_temperature`: knowledge distillation from the study's
+      teacher on answer-token logits; loss = (1 - w) * CE + w * T^2 * KL (0 = off).
+    - `augment`: image augmentation (random resized crop, small rotation, colour
+      jitter) and question paraphrase by templates, keeping answers true (no flip on
+      left/right questions, no jitter on colour questions).
+    - `filter_threshold`: data hygiene; after stage 1, drop training pairs whose
+      image-text cosine similarity is below this (-1 = keep all; needs align_epochs).
+    """
+
+    align_epochs: int = 0
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
+    augment: bool = False
+    filter_threshold: float = -1.0
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.align_epochs < 0:
+            out.append(f"recipe.align_epochs={self.align_epochs}: must be >= 0")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            out.append(f"recipe.distill_weight={self.distill_weight}: must be in [0, 1]")
+        if not self.distill_temperature > 0:
+            out.append(f"recipe.distill_temperature={self.distill_temperature}: must be > 0")
+        if not -1.0 <= self.filter_threshold <= 1.0:
+            out.append(f"recipe.filter_threshold={self.filter_threshold}: must be in [-1, 1]")
+        if self.filter_threshold > -1.0 and self.align_epochs == 0:
+            out.append(
+                f"recipe.filter_threshold={self.filter_threshold} needs recipe.align_epochs > 0"
+                " (the similarity comes from the stage-1 aligned model)"
+            )
+        return out
+
+
+@dataclass(frozen=True)
 class ArchConfig:
     """Everything that defines a candidate.
 
@@ -129,6 +176,7 @@ class ArchConfig:
     activation: str = "gelu"
     fusion: FusionConfig = field(default_factory=FusionConfig)
     quant: tuple[tuple[str, str], ...] = ()
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
     def __post_init__(self) -> None:
         problems = []
@@ -154,10 +202,12 @@ class ArchConfig:
         if self.projector_depth not in (1, 2):
             problems.append(f"projector_depth={self.projector_depth}: allowed 1 or 2")
         problems += self._fusion_problems()
+        problems += self.recipe.problems()
         v = self.vision
         for key, value, allowed in (
             ("vision.feature_layer", v.feature_layer, FEATURE_LAYERS),
             ("vision.pooling", v.pooling, POOLINGS),
+            ("vision.pos_encoding", v.pos_encoding, POS_ENCODINGS),
         ):
             if value not in allowed:
                 problems.append(f"{key}={value!r}: allowed {list(allowed)}")
@@ -239,6 +289,12 @@ class ArchConfig:
             kwargs["fusion"] = FusionConfig(**fusion)
         if "grid_pinpoints" in kwargs:
             kwargs["grid_pinpoints"] = tuple(tuple(g) for g in kwargs["grid_pinpoints"])
+        if "recipe" in kwargs:
+            recipe = dict(kwargs["recipe"])
+            for key in ("distill_weight", "distill_temperature", "filter_threshold"):
+                if key in recipe:
+                    recipe[key] = float(recipe[key])
+            kwargs["recipe"] = RecipeConfig(**recipe)
         if "quant" in kwargs:
             q = kwargs["quant"]
             items = q.items() if isinstance(q, dict) else q
@@ -252,12 +308,21 @@ class ArchConfig:
 
     @property
     def weights_id(self) -> str:
-        """Hash of the architecture part only: what training produces weights for."""
+        """Hash of what training produces weights for: architecture and recipe, not the
+        quantization."""
         d = self.to_dict()
         d.pop("quant")
         return _hash(d)
 
 
 def _hash(data: dict[str, Any]) -> str:
+    # Fields added after the first release enter the hash only away from their default,
+    # so ids of earlier studies, caches and tables stay valid.
+    data = dict(data)
+    if data.get("recipe") == dataclasses.asdict(RecipeConfig()):
+        data.pop("recipe")
+    vision = data.get("vision")
+    if isinstance(vision, dict) and vision.get("pos_encoding") == "learnable":
+        data["vision"] = {k: v for k, v in vision.items() if k != "pos_encoding"}
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]

@@ -21,6 +21,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ._arch import ArchConfig
 
@@ -170,6 +171,36 @@ class GatedCrossAttentionBlock(nn.Module):
         return x + self.gate_mlp(x, self.mlp(self.norm2(x)))
 
 
+def sincos_1d(positions: torch.Tensor, width: int) -> torch.Tensor:
+    """Transformer sinusoids: (n,) positions -> (n, width), sin in the first half."""
+    freq = torch.exp(
+        -math.log(10000.0) * torch.arange(width // 2, dtype=torch.float32) / (width // 2)
+    )
+    angle = positions.to(torch.float32)[:, None] * freq[None, :]
+    out = torch.zeros(len(positions), width)
+    out[:, : width // 2] = torch.sin(angle)
+    out[:, width // 2 : 2 * (width // 2)] = torch.cos(angle)
+    return out
+
+
+def sincos_2d(grid: int, width: int) -> torch.Tensor:
+    """Fixed 2D sinusoidal positions of a grid x grid patch layout, row-major:
+    (grid * grid, width), half the channels for the row, half for the column."""
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    half = width // 2
+    return torch.cat(
+        [sincos_1d(rows.flatten(), half), sincos_1d(cols.flatten(), width - half)], dim=1
+    )
+
+
+def _run(block: nn.Module, checkpointed: bool, *args: torch.Tensor | None) -> torch.Tensor:
+    """`block(*args)`, through activation checkpointing when training with it on: the
+    block's activations are recomputed in the backward pass instead of kept."""
+    if checkpointed and torch.is_grad_enabled():
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
+
+
 class VisionTower(nn.Module):
     """ViT applied to each tile independently: (B*T, 3, t, t) -> (B*T, tokens per tile, Dv)."""
 
@@ -177,7 +208,13 @@ class VisionTower(nn.Module):
         super().__init__()
         cfg = arch.vision
         self.patch_embed = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
-        self.pos_embed = nn.Parameter(torch.randn(1, cfg.patches_per_tile, cfg.width) * 0.02)
+        self.grid = cfg.tile_size // cfg.patch_size
+        if cfg.pos_encoding == "sincos_2d":  # fixed: a buffer, not a parameter
+            # unscaled, as in MAE: the patch embeddings are of order 1 too
+            self.register_buffer("pos_embed", sincos_2d(self.grid, cfg.width)[None])
+        else:
+            self.pos_embed = nn.Parameter(torch.randn(1, cfg.patches_per_tile, cfg.width) * 0.02)
+        self.checkpointed = False
         # Only the layers up to the selected feature layer are built and run.
         self.blocks = nn.ModuleList(
             Block(cfg.width, cfg.heads, cfg.mlp_ratio, activation=arch.activation)
@@ -185,12 +222,11 @@ class VisionTower(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.width)
         self.pool = cfg.pooling == "avg2x2"
-        self.grid = cfg.tile_size // cfg.patch_size
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(tiles).flatten(2).transpose(1, 2) + self.pos_embed
         for block in self.blocks:
-            x = block(x)
+            x = _run(block, self.checkpointed, x)
         x = self.norm(x)
         if self.pool:  # (BT, g*g, w) -> (BT, g/2*g/2, w), averaging 2x2 neighbours
             bt, _, w = x.shape
@@ -237,8 +273,19 @@ class LlavaNextModel(nn.Module):
                 for i in fusion.xattn_layers
             }
         )
+        if arch.vision.pos_encoding == "sincos_2d":
+            # The tile's slot (0: global view, then the grid's tiles row-major), as a
+            # fixed code added to every image token of that tile.
+            # (scaled to the projector's output, whose entries are of order 0.1)
+            slots = sincos_1d(torch.arange(arch.max_tiles), d) * 0.1
+            self.register_buffer(
+                "tile_code", slots.repeat_interleave(arch.vision.tokens_per_tile, 0)[None]
+            )
+        else:
+            self.tile_code = None
         self.norm = nn.LayerNorm(d)
         self.lm_head = nn.Linear(d, vocab_size)
+        self.checkpointed = False
         # GPT-2 init: with nn.Embedding's N(0, 1) default, text residuals start ~10x
         # larger than anything attention adds, and the image signal is drowned out.
         nn.init.normal_(self.embed.weight, std=0.02)
@@ -247,7 +294,14 @@ class LlavaNextModel(nn.Module):
         """(B, T, 3, t, t) -> image tokens in LM width (B, T * tokens per tile, D)."""
         b, t = pixel_values.shape[:2]
         feats = self.vision(pixel_values.flatten(0, 1))
-        return self.projector(feats).reshape(b, t * feats.shape[1], -1)
+        image = self.projector(feats).reshape(b, t * feats.shape[1], -1)
+        return image if self.tile_code is None else image + self.tile_code
+
+    def set_checkpointing(self, on: bool) -> None:
+        """Gradient (activation) checkpointing of every transformer block while training:
+        less memory for activations, one more forward pass per block in backward."""
+        self.checkpointed = on
+        self.vision.checkpointed = on
 
     def forward(
         self, pixel_values: torch.Tensor, tile_mask: torch.Tensor, input_ids: torch.Tensor
@@ -289,8 +343,8 @@ class LlavaNextModel(nn.Module):
         image_bias = torch.where(image_valid > 0.5, 0.0, _MASKED).to(x.dtype)[:, None, None, :]
         for i, block in enumerate(self.blocks):
             if str(i) in self.xattn:
-                x = self.xattn[str(i)](x, image, image_bias)
-            x = block(x, biases[i], is_image)
+                x = _run(self.xattn[str(i)], self.checkpointed, x, image, image_bias)
+            x = _run(block, self.checkpointed, x, biases[i], is_image)
 
         if fusion.early:
             # Back to text coordinates: text position i sits at i before the image and at

@@ -33,10 +33,12 @@ from ._arch import (
     IMAGE_ATTENTION,
     PLACEMENTS,
     POOLINGS,
+    POS_ENCODINGS,
     XATTN_PATTERNS,
     ArchConfig,
     FusionConfig,
     LanguageModelConfig,
+    RecipeConfig,
     VisionTowerConfig,
     xattn_layer_set,
 )
@@ -53,6 +55,7 @@ _LEAVES: dict[str, tuple[type, tuple[Any, ...] | None]] = {
     "vision.tile_size": (int, None),
     "vision.feature_layer": (str, FEATURE_LAYERS),
     "vision.pooling": (str, POOLINGS),
+    "vision.pos_encoding": (str, POS_ENCODINGS),
     "lm.depth": (int, None),
     "lm.width": (int, None),
     "lm.heads": (int, None),
@@ -65,8 +68,23 @@ _LEAVES: dict[str, tuple[type, tuple[Any, ...] | None]] = {
     "fusion.image_attention": (str, IMAGE_ATTENTION),
     "fusion.text_only_from": (int, None),
     "fusion.share_ratio": (float, None),
+    "recipe.align_epochs": (int, None),
+    "recipe.distill_weight": (float, None),
+    "recipe.distill_temperature": (float, None),
+    "recipe.augment": (bool, None),
+    "recipe.filter_threshold": (float, None),
 }
-_SECTIONS = ("vision", "lm", "fusion")
+# Leaves added after the first release: a space that leaves them out fixes them here.
+_OPTIONAL: dict[str, tuple[Any, ...]] = {
+    "vision.pos_encoding": ("learnable",),
+    "recipe.align_epochs": (0,),
+    "recipe.distill_weight": (0.0,),
+    "recipe.distill_temperature": (2.0,),
+    "recipe.augment": (False,),
+    "recipe.filter_threshold": (-1.0,),
+}
+_ZERO_OK = ("recipe.align_epochs",)  # int leaves where 0 (off) is a valid choice
+_SECTIONS = ("vision", "lm", "fusion", "recipe")
 _CROSS_ONLY = ("fusion.xattn_layers", "fusion.gating")
 _EARLY_ONLY = ("fusion.image_attention", "fusion.share_ratio")
 _CONDITIONAL = (*_CROSS_ONLY, *_EARLY_ONLY, "fusion.text_only_from")
@@ -123,6 +141,8 @@ class SearchSpace:
                     choices[path] = _leaf(where, path, leaf)
             elif key in _LEAVES:
                 choices[key] = _leaf(where, key, value)
+        for key, default in _OPTIONAL.items():
+            choices.setdefault(key, default)
         missing = sorted(set(_LEAVES) - set(choices))
         if missing:
             raise SearchSpaceError(f"{where}: missing keys {missing}; give each a list of choices")
@@ -205,6 +225,10 @@ class SearchSpace:
             return {k.split(".")[1]: x for k, x in v.items() if k.startswith(f"{name}.")}
 
         lm = LanguageModelConfig(**section("lm"))
+        recipe = section("recipe")
+        for key in ("distill_weight", "distill_temperature", "filter_threshold"):
+            if key in recipe:
+                recipe[key] = float(recipe[key])
         fusion = section("fusion")
         pattern = fusion.pop("xattn_layers")
         fusion["xattn_layers"] = xattn_layer_set(pattern, lm.depth) if pattern else ()
@@ -217,6 +241,7 @@ class SearchSpace:
             activation=v.get("activation", "gelu"),
             fusion=FusionConfig(**fusion),
             quant=tuple(sorted(section("quant").items())),
+            recipe=RecipeConfig(**recipe),
         )
 
     def baseline_params(self, quant_schemes: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
@@ -253,9 +278,9 @@ class SearchSpace:
         return {k: v for k, v in baseline.items() if v not in allowed[k]}
 
     def _complete(self, values: Mapping[str, Any]) -> bool:
-        return ({k for k in self.choices if k not in _CONDITIONAL} | {"grid_pinpoints"}) <= set(
-            values
-        )
+        """Every unconditional parameter has a value (later-added ones default)."""
+        needed = {k for k in self.choices if k not in _CONDITIONAL and k not in _OPTIONAL}
+        return needed | {"grid_pinpoints"} <= set(values)
 
 
 class _PathTrial:
@@ -290,16 +315,26 @@ def _leaf(where: str, path: str, value: Any) -> tuple[Any, ...]:
     for v in value:
         if kind is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
-        if not isinstance(v, kind) or isinstance(v, bool):
+        if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
             raise SearchSpaceError(f"{where}: {path} choice {v!r} must be {kind.__name__}")
         if allowed is not None and v not in allowed:
             raise SearchSpaceError(
                 f"{where}: {path} choice {v!r} not allowed; allowed {list(allowed)}"
             )
-        if kind is int and v < 1:
-            raise SearchSpaceError(f"{where}: {path} choice {v} must be >= 1")
-        if path == "fusion.share_ratio" and not 0.0 <= v <= 1.0:
-            raise SearchSpaceError(f"{where}: fusion.share_ratio choice {v} outside [0, 1]")
+        if kind is int and v < (0 if path in _ZERO_OK else 1):
+            raise SearchSpaceError(
+                f"{where}: {path} choice {v} must be >= {0 if path in _ZERO_OK else 1}"
+            )
+        bounds = {
+            "fusion.share_ratio": (0.0, 1.0),
+            "recipe.distill_weight": (0.0, 1.0),
+            "recipe.filter_threshold": (-1.0, 1.0),
+        }
+        if path in bounds and not bounds[path][0] <= v <= bounds[path][1]:
+            low, high = bounds[path]
+            raise SearchSpaceError(f"{where}: {path} choice {v} outside [{low:g}, {high:g}]")
+        if path == "recipe.distill_temperature" and not v > 0:
+            raise SearchSpaceError(f"{where}: {path} choice {v} must be > 0")
         out.append(v)
     if len(set(out)) != len(out):
         raise SearchSpaceError(f"{where}: {path}={value} repeats a choice")
@@ -327,6 +362,12 @@ def _check_combinations(where: str, choices: Mapping[str, tuple[Any, ...]]) -> N
         raise SearchSpaceError(
             f"{where}: vision.feature_layer=second_last needs vision.depth >= 2 for every depth choice,"
             f" got depth choices {list(choices['vision.depth'])}"
+        )
+    if max(choices["recipe.filter_threshold"]) > -1.0 and min(choices["recipe.align_epochs"]) == 0:
+        raise SearchSpaceError(
+            f"{where}: recipe.filter_threshold choices {list(choices['recipe.filter_threshold'])}"
+            " filter with the stage-1 aligned model: every recipe.align_epochs choice must be"
+            f" > 0, got {list(choices['recipe.align_epochs'])}"
         )
 
 

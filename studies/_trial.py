@@ -38,7 +38,7 @@ from hardware_profiles import (
     size_mb,
 )
 from search_spaces import ArchConfig, EncodedVQA
-from trainers import cached_fit, model_for
+from trainers import cached_fit, model_for, study_teacher
 from trainers.data import ImageCache, VQAData, encode_eval
 
 from ._config import VlmnasConfig
@@ -86,10 +86,24 @@ def run_trial(
     # 2. Train, unless these weights were trained before (same architecture part of
     #    arch_id, budget and data): then only the quantized models below are new.
     cache_dir = cfg.workdir / "cache" / "weights"
+    teacher = None
+    if arch.recipe.distill_weight > 0:  # trained once per study, then from the cache
+        teacher = study_teacher(
+            cfg.space.to_arch(cfg.space.baseline),
+            data,
+            cfg.trainer,
+            cache_dir,
+            cfg.workdir / "cache" / "teacher",
+            images,
+        )
+        metrics["teacher_val_accuracy"] = teacher.val_accuracy
     result, hit = cached_fit(
-        arch, data, cfg.trainer, trial_dir, cache_dir, report=report, images=images
+        arch, data, cfg.trainer, trial_dir, cache_dir, report=report, images=images, teacher=teacher
     )
     metrics["val_accuracy"] = result.metrics["val_accuracy"]
+    for key in ("align_loss_first", "align_loss_last", "filtered_pairs", "paraphrased"):
+        if key in result.metrics:  # what the recipe's stage 1 and data hygiene did
+            metrics[key] = result.metrics[key]
     metrics["train_s"] = 0.0 if hit else result.metrics["train_s"]
     info["weights"] = "cached" if hit else "trained"
 

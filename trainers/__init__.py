@@ -9,16 +9,26 @@ from ._fit import (
     fit,
     model_for,
     torch_forward,
+    train_rows,
 )
+from ._recipes import Teacher, align, contrastive_loss, distillation_loss, similarities
+from ._teacher import study_teacher
 
 __all__ = [
     "ExactMatchAccuracy",
     "TrainResult",
+    "Teacher",
     "TrainerConfig",
     "VQAModule",
+    "align",
     "cache_key",
     "cached_fit",
+    "contrastive_loss",
+    "distillation_loss",
     "fit",
     "model_for",
+    "similarities",
+    "study_teacher",
     "torch_forward",
+    "train_rows",
 ]

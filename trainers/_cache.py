@@ -20,15 +20,21 @@ import torch
 from search_spaces import ArchConfig
 
 from ._fit import EpochReport, TrainerConfig, TrainResult, fit, model_for
+from ._recipes import Teacher
 from .data import ImageCache, VQAData
 
 
-def cache_key(arch: ArchConfig, data: VQAData, cfg: TrainerConfig) -> str:
+def cache_key(
+    arch: ArchConfig, data: VQAData, cfg: TrainerConfig, teacher: Teacher | None = None
+) -> str:
     payload = json.dumps(
         {
             "weights_id": arch.weights_id,
             "trainer": dataclasses.asdict(cfg),
             "data": data.fingerprint,
+            "vocab": hashlib.sha256(data.tokenizer.to_json().encode()).hexdigest()[:16],
+            # a student's weights depend on its teacher
+            "teacher": teacher.key if teacher and arch.recipe.distill_weight > 0 else None,
         },
         sort_keys=True,
     )
@@ -44,13 +50,14 @@ def cached_fit(
     *,
     report: EpochReport | None = None,
     images: ImageCache | None = None,
+    teacher: Teacher | None = None,
 ) -> tuple[TrainResult, bool]:
     """`fit`, or the cached result of an identical earlier `fit`; returns (result, hit).
 
     On a hit the recorded per-epoch validation accuracies are reported again, so a
     scheduler sees the same trajectory as the first time.
     """
-    entry = cache_dir / cache_key(arch, data, cfg)
+    entry = cache_dir / cache_key(arch, data, cfg, teacher)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (entry / "result.json").is_file():
         saved = json.loads((entry / "result.json").read_text())
@@ -64,7 +71,7 @@ def cached_fit(
                 report(epoch, {"val_accuracy": acc, "epoch": epoch})
         return TrainResult(out_dir / "model.pt", model.eval(), saved["metrics"], history), True
 
-    result = fit(arch, data, cfg, out_dir, report=report, images=images)
+    result = fit(arch, data, cfg, out_dir, report=report, images=images, teacher=teacher)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=cache_dir))
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,18 @@ from search_spaces import (
     greedy_decode,
 )
 
-from .data import ImageCache, VQAData, encode_eval, encode_train
+from ._recipes import Teacher, align, distillation_loss, similarities
+from .data import (
+    ImageCache,
+    Record,
+    VQAData,
+    augment_batch,
+    conversation_ids,
+    encode_eval,
+    encode_train,
+    paraphrase,
+    policy_for,
+)
 
 EpochReport = Callable[[int, dict[str, float]], None]
 
@@ -44,9 +56,16 @@ class TrainerConfig:
     seed: int = 0
     threads: int = 2  # torch intra-op threads; 2 = all of the reference machine's cores
     val_batch_size: int = 128
+    # Recompute each transformer block's activations in backward instead of keeping them.
+    grad_checkpointing: bool = False
+    # Distillation teacher (for candidates with recipe.distill_weight > 0): "baseline"
+    # (the search space's baseline trained for teacher_epochs, once per study and
+    # cached) or the path of an exported candidate folder (config.yaml + model).
+    teacher: str = "baseline"
+    teacher_epochs: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("max_epochs", "batch_size", "threads", "val_batch_size"):
+        for name in ("max_epochs", "batch_size", "threads", "val_batch_size", "teacher_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name}={getattr(self, name)}: must be >= 1")
         if not self.lr > 0:
@@ -92,17 +111,40 @@ def torch_forward(
 
 
 class VQAModule(L.LightningModule):
-    def __init__(self, model: LlavaNextModel, cfg: TrainerConfig, max_answer_tokens: int) -> None:
+    """Stage 2: the task. Batches are `TrainRows` tensors: (pixels, tile_mask, input_ids,
+    labels, row, allow_flip, allow_jitter, teacher_ok)."""
+
+    def __init__(
+        self,
+        model: LlavaNextModel,
+        cfg: TrainerConfig,
+        max_answer_tokens: int,
+        teacher: Teacher | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
         self.max_answer_tokens = max_answer_tokens
         self.val_accuracy = ExactMatchAccuracy()
+        self.recipe = model.arch.recipe
+        self.teacher = None if teacher is None else torch.from_numpy(teacher.logits)
+        self.augment_rng = torch.Generator().manual_seed(cfg.seed + 1)
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        pixels, mask, ids, labels = batch
+        pixels, mask, ids, labels, row, allow_flip, allow_jitter, teacher_ok = batch
+        if self.recipe.augment:
+            pixels = augment_batch(pixels, mask, allow_flip, allow_jitter, self.augment_rng)
         logits = self.model(pixels, mask, ids)
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        if self.teacher is not None and self.recipe.distill_weight > 0:
+            # Rows whose question was paraphrased have no teacher logits for their text.
+            kd_labels = labels.masked_fill(~teacher_ok.unsqueeze(1), -100)
+            kd = distillation_loss(
+                logits, self.teacher[row].float(), kd_labels, self.recipe.distill_temperature
+            )
+            self.log("distill_loss", kd, on_step=False, on_epoch=True)
+            w = self.recipe.distill_weight
+            loss = (1 - w) * loss + w * kd
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
         self.log("train_loss", loss, on_step=False, on_epoch=True)
@@ -223,6 +265,32 @@ def model_for(arch: ArchConfig, data: VQAData) -> LlavaNextModel:
     )
 
 
+def train_rows(
+    arch: ArchConfig, data: VQAData, images: ImageCache, seed: int
+) -> tuple[torch.utils.data.TensorDataset, int]:
+    """The training rows `VQAModule` reads, one per training record: (pixels, tile_mask,
+    input_ids, labels, row, allow_flip, allow_jitter, teacher_ok); and how many questions
+    were paraphrased (`recipe.augment`: a paraphrase that would not fit the model's text
+    length is not used)."""
+    records: list[Record] = list(data.train)
+    original = [True] * len(records)
+    if arch.recipe.augment:
+        rng = random.Random(seed)
+        for i, r in enumerate(records):
+            new = paraphrase(r, rng)
+            if new != r and len(conversation_ids(data.tokenizer, new)[0]) <= data.text_len:
+                records[i], original[i] = new, False
+    base = encode_train(records, data.tokenizer, arch, data.text_len, images)
+    policy = [policy_for(r) for r in records]
+    extra = (
+        torch.arange(len(records)),
+        torch.tensor([p[0] for p in policy]),
+        torch.tensor([p[1] for p in policy]),
+        torch.tensor(original),
+    )
+    return torch.utils.data.TensorDataset(*base.tensors, *extra), original.count(False)
+
+
 def fit(
     arch: ArchConfig,
     data: VQAData,
@@ -231,20 +299,51 @@ def fit(
     *,
     report: EpochReport | None = None,
     images: ImageCache | None = None,
+    teacher: Teacher | None = None,
 ) -> TrainResult:
-    """Train `arch` on `data` for `cfg.max_epochs`; writes `model.pt` and `tokenizer.json`.
+    """Train `arch` on `data` for `cfg.max_epochs` with `arch.recipe`; writes `model.pt`
+    and `tokenizer.json`.
 
     `report(epoch, {"val_accuracy": ...})` is called after every epoch's validation, so a
-    scheduler can stop the trial early.
+    scheduler can stop the trial early. With `recipe.align_epochs`, stage 1 (contrastive
+    alignment, and the similarity filter) runs first; `teacher` is needed when
+    `recipe.distill_weight > 0`.
     """
+    recipe = arch.recipe
+    if recipe.distill_weight > 0 and teacher is None:
+        raise ValueError("recipe.distill_weight > 0 needs a teacher (trainers.study_teacher)")
     torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     images = images or ImageCache()
     tok = data.tokenizer
     model = model_for(arch, data)
+    model.set_checkpointing(cfg.grad_checkpointing)
     with busy():  # decoding and resizing every image is training work too
-        train_set = encode_train(data.train, tok, arch, data.text_len, images)
+        train_set, paraphrased = train_rows(arch, data, images, cfg.seed)
         val_set = encode_eval(data.val, tok, arch, data.text_len, images)
+    stage1: dict[str, float] = {"paraphrased": float(paraphrased)} if recipe.augment else {}
+    start = time.perf_counter()
+    if recipe.align_epochs:
+        losses = align(
+            model,
+            train_set,
+            epochs=recipe.align_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            pad_id=tok.pad_id,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
+        stage1.update({"align_loss_first": losses[0], "align_loss_last": losses[-1]})
+        if recipe.filter_threshold > -1.0:
+            keep = similarities(model, train_set, tok.pad_id) >= recipe.filter_threshold
+            stage1["filtered_pairs"] = float((~keep).sum())
+            if not keep.any():
+                raise ValueError(
+                    f"recipe.filter_threshold={recipe.filter_threshold} dropped every"
+                    f" training pair; lower it"
+                )
+            train_set = torch.utils.data.TensorDataset(*(t[keep] for t in train_set.tensors))
+    align_s = time.perf_counter() - start
     val_batches = [
         val_set.slice(i, i + cfg.val_batch_size) for i in range(0, len(val_set), cfg.val_batch_size)
     ]
@@ -254,7 +353,7 @@ def fit(
     )
     val_loader = torch.utils.data.DataLoader(val_batches, batch_size=None, collate_fn=_identity)
 
-    module = VQAModule(model, cfg, data.max_answer_tokens)
+    module = VQAModule(model, cfg, data.max_answer_tokens, teacher)
     epochs = _ReportEpochs(report)
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs,
@@ -269,7 +368,8 @@ def fit(
     )
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader)
-    train_s = time.perf_counter() - start
+    train_s = time.perf_counter() - start + align_s
+    model.set_checkpointing(False)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "model.pt"
@@ -279,6 +379,7 @@ def fit(
         "val_accuracy": epochs.history[-1] if epochs.history else float("nan"),
         "train_s": train_s,
         "epochs": float(trainer.current_epoch),
+        **stage1,
     }
     return TrainResult(checkpoint, model.eval(), metrics, epochs.history)
 

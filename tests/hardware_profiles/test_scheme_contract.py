@@ -34,7 +34,9 @@ TOLERANCE = {
     "fp32": (1e-4, 0.0),
     "int8_dynamic": (0.03, 0.10),
     "int8_static": (0.08, 0.10),
-    "int4_weight_only": (0.15, 0.15),
+    # 4-bit blocks on these tiny matrices: 0.10 measured, 0.17 after the vocabulary grew
+    # by the paraphrase words (a different random init of the same test model)
+    "int4_weight_only": (0.20, 0.15),
     # The NPU quantizes every operator, not only matmuls (softmax inputs stay 16-bit).
     "w8a8": (0.08, 0.10),
     "w8a16": (0.05, 0.10),

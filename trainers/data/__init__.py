@@ -8,6 +8,14 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from ._augment import (
+    COLOUR_WORDS,
+    LEFT_RIGHT_WORDS,
+    PARAPHRASE_WORDS,
+    augment_batch,
+    paraphrase,
+    policy_for,
+)
 from ._llava import (
     DataError,
     ImageCache,
@@ -37,6 +45,7 @@ class DataConfig:
     seed: int = 0
     train_images: int = 3000
     val_images: int = 150
+    noise: float = 0.0  # shapes_vqa: share of training pairs with a wrong image
 
 
 def prepare_data(cfg: DataConfig, workdir: Path) -> VQAData:
@@ -45,11 +54,19 @@ def prepare_data(cfg: DataConfig, workdir: Path) -> VQAData:
         raise DataError(f"data.name={cfg.name!r} unknown; allowed {list(DATASETS)}")
     if cfg.name == "shapes_vqa":
         gen = ShapesVQAConfig(
-            seed=cfg.seed, train_images=cfg.train_images, val_images=cfg.val_images
+            seed=cfg.seed,
+            train_images=cfg.train_images,
+            val_images=cfg.val_images,
+            noise=cfg.noise,
         )
+        if not 0.0 <= gen.noise < 1.0:
+            raise DataError(f"data.noise={cfg.noise}: must be in [0, 1)")
         if gen.train_images < 1 or gen.val_images < 1:
             raise DataError("data.train_images and data.val_images must be >= 1")
-        default = workdir / "data" / f"shapes_vqa-s{cfg.seed}-{cfg.train_images}x{cfg.val_images}"
+        noise = f"-n{cfg.noise:g}" if cfg.noise else ""
+        default = (
+            workdir / "data" / f"shapes_vqa-s{cfg.seed}-{cfg.train_images}x{cfg.val_images}{noise}"
+        )
         root = Path(cfg.root) if cfg.root else default
         generate_shapes_vqa(root, gen)
     else:
@@ -78,7 +95,9 @@ class VQAData:
     def load(cls, root: Path, tokenizer: WordTokenizer | None = None) -> VQAData:
         train = load_llava_json(root, "train")
         val = load_llava_json(root, "val")
-        tok = tokenizer or WordTokenizer.build(records_text(train))
+        # The vocabulary also holds the words question paraphrases (recipe.augment) bring
+        # in, so that every candidate on this data shares one tokenizer.
+        tok = tokenizer or WordTokenizer.build([*records_text(train), *sorted(PARAPHRASE_WORDS)])
         lengths = [len(conversation_ids(tok, r)[0]) for r in train + val]
         answers = [len(tok.encode(a)) for r in train + val for _, a in r.turns]
         return cls(Path(root), train, val, tok, max(lengths), max(answers) + 1)
@@ -114,17 +133,23 @@ class VQAData:
 
 
 __all__ = [
+    "COLOUR_WORDS",
     "DATASETS",
     "DataConfig",
     "DataError",
     "ImageCache",
+    "LEFT_RIGHT_WORDS",
+    "PARAPHRASE_WORDS",
     "Record",
     "ShapesVQAConfig",
     "VQAData",
     "WordTokenizer",
+    "augment_batch",
     "encode_eval",
     "encode_train",
     "generate_shapes_vqa",
     "load_llava_json",
+    "paraphrase",
+    "policy_for",
     "prepare_data",
 ]

@@ -56,6 +56,9 @@ class ShapesVQAConfig:
     val_images: int = 150
     questions_per_image: int = 4
     max_objects: int = 4
+    # Share of training records whose image is swapped for another record's (marked
+    # "mismatched": true): the wrong pairs of web-scraped data, for data-hygiene studies.
+    noise: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,10 @@ def generate_shapes_vqa(root: Path, config: ShapesVQAConfig) -> Path:
     """
     root = Path(root)
     manifest = {"generator": "shapes_vqa", **asdict(config)}
+    if not config.noise:
+        manifest.pop("noise")  # data generated before the option existed stays valid
+    if not 0.0 <= config.noise < 1.0:
+        raise ValueError(f"data.noise={config.noise}: must be in [0, 1)")
     if (root / "manifest.json").is_file():
         if json.loads((root / "manifest.json").read_text()) == manifest:
             return root
@@ -89,6 +96,8 @@ def generate_shapes_vqa(root: Path, config: ShapesVQAConfig) -> Path:
         rng = np.random.default_rng(config.seed)
         for split, count in (("train", config.train_images), ("val", config.val_images)):
             records = [_make_record(rng, tmp, f"{split}_{i:05d}", config) for i in range(count)]
+            if split == "train" and config.noise:
+                _mismatch(records, config.noise, np.random.default_rng(config.seed + 1))
             (tmp / f"{split}.json").write_text(json.dumps(records, indent=1))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, root)
@@ -120,6 +129,17 @@ def _make_record(
     # `question_kinds` is an extra key (LLaVA records carry extras such as "model");
     # loaders ignore it, reports use it for per-kind accuracy and chance level.
     return {"id": ident, "image": rel_path, "conversations": conversations, "question_kinds": asked}
+
+
+def _mismatch(records: list[dict[str, Any]], share: float, rng: np.random.Generator) -> None:
+    """Give `share` of the records another record's image (never their own)."""
+    n = len(records)
+    chosen = rng.choice(n, size=round(share * n), replace=False)
+    images = [r["image"] for r in records]
+    for i in chosen:
+        other = (int(i) + int(rng.integers(1, n))) % n
+        records[i]["image"] = images[other]
+        records[i]["mismatched"] = True
 
 
 def _place_objects(rng: np.random.Generator, width: int, height: int, count: int) -> list[_Obj]:

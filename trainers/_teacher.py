@@ -1,0 +1,119 @@
+"""The study's distillation teacher: trained (or loaded) once, its logits cached.
+
+`trainer.teacher=baseline` trains the search space's baseline architecture for
+`trainer.teacher_epochs` through the weights cache (so every trial of a study, and every
+later study on the same data and budget, reuses it); `trainer.teacher=<folder>` takes an
+exported candidate (`config.yaml` plus `model.pt`, or `model.onnx` run with ONNX
+Runtime). Either way the teacher's logits over the training rows are computed once and
+kept as `<cache_dir>/teacher-<key>.npy`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from search_spaces import ArchConfig
+from search_spaces._arch import RecipeConfig
+
+from ._cache import cache_key, cached_fit
+from ._fit import TrainerConfig, model_for, train_rows
+from ._recipes import Teacher, cached_logits, teacher_logits
+from .data import ImageCache, VQAData, encode_eval
+
+
+def study_teacher(
+    baseline: ArchConfig,
+    data: VQAData,
+    cfg: TrainerConfig,
+    cache_dir: Path,
+    work_dir: Path,
+    images: ImageCache | None = None,
+) -> Teacher:
+    """The teacher `cfg.teacher` names, with its logits on `data`'s training rows."""
+    images = images or ImageCache()
+    if cfg.teacher == "baseline":
+        arch = dataclasses.replace(baseline, recipe=RecipeConfig(), quant=())
+        teacher_cfg = dataclasses.replace(cfg, max_epochs=cfg.teacher_epochs)
+        key = "baseline-" + cache_key(arch, data, teacher_cfg)
+        result, _ = cached_fit(arch, data, teacher_cfg, work_dir, cache_dir, images=images)
+        model = result.model
+        val_accuracy = result.metrics["val_accuracy"]
+
+        def forward(rows: torch.utils.data.TensorDataset) -> np.ndarray:
+            return teacher_logits(model, rows)
+
+    else:
+        arch, forward, key = _exported(Path(cfg.teacher), data)
+        val_accuracy = float("nan")
+    rows, _ = train_rows(dataclasses.replace(arch, recipe=RecipeConfig()), data, images, 0)
+    logits = cached_logits(cache_dir / f"teacher-{key}.npy", lambda: forward(rows))
+    if val_accuracy != val_accuracy:  # an exported teacher: score it on the validation set
+        val_accuracy = _val_accuracy(arch, forward, data, images)
+    return Teacher(key=key, logits=logits, val_accuracy=val_accuracy)
+
+
+def _exported(folder: Path, data: VQAData):  # type: ignore[no-untyped-def]
+    """(arch, forward over training rows, key) of an exported candidate folder."""
+    config_path = folder / "config.yaml"
+    if not config_path.is_file():
+        raise ValueError(
+            f"trainer.teacher={str(folder)!r}: no config.yaml there; give 'baseline' or an"
+            " exported candidate folder (config.yaml + model.pt or model.onnx)"
+        )
+    config = yaml.safe_load(config_path.read_text())
+    arch = ArchConfig.from_dict(config["arch"])
+    tokenizer = folder / "tokenizer.json"
+    if tokenizer.is_file() and json.loads(tokenizer.read_text()) != json.loads(
+        data.tokenizer.to_json()
+    ):
+        raise ValueError(
+            f"trainer.teacher={str(folder)!r} was trained with another vocabulary than this"
+            " data set's; a teacher must share the students' tokenizer"
+        )
+    if (folder / "model.pt").is_file():
+        model = model_for(arch, data)
+        model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+        weights = folder / "model.pt"
+
+        def forward(rows: torch.utils.data.TensorDataset) -> np.ndarray:
+            return teacher_logits(model, rows)
+
+    elif (folder / "model.onnx").is_file():
+        import onnxruntime as ort
+
+        weights = folder / "model.onnx"
+        session = ort.InferenceSession(str(weights), providers=["CPUExecutionProvider"])
+
+        def forward(rows: torch.utils.data.TensorDataset) -> np.ndarray:
+            out = []
+            for i in range(len(rows)):  # exported graphs take one row at a time
+                pixels, mask, ids = (t[i : i + 1].numpy() for t in rows.tensors[:3])
+                feed = {"pixel_values": pixels, "tile_mask": mask, "input_ids": ids}
+                out.append(session.run(["logits"], feed)[0].astype(np.float16))
+            return np.concatenate(out)
+
+    else:
+        raise ValueError(f"trainer.teacher={str(folder)!r}: neither model.pt nor model.onnx there")
+    key = "export-" + hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    return arch, forward, key
+
+
+def _val_accuracy(arch, forward, data: VQAData, images: ImageCache) -> float:  # type: ignore[no-untyped-def]
+    from search_spaces import decode_accuracy
+
+    val = encode_eval(data.val, data.tokenizer, arch, data.text_len, images)
+
+    def step(pixels: np.ndarray, mask: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        rows = torch.utils.data.TensorDataset(
+            torch.from_numpy(pixels), torch.from_numpy(mask), torch.from_numpy(ids)
+        )
+        return forward(rows).astype(np.float32)
+
+    return float(decode_accuracy(step, val, max_new_tokens=data.max_answer_tokens))

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--population-size", type=int, default=10, help="NSGA-II generation")
     parser.add_argument("--target", type=float, default=0.95, help="share of the true HV")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="studies at once")
     parser.add_argument("--small", action="store_true", help="2 seeds, 15 trials")
     args = parser.parse_args()
     if args.small:
@@ -74,21 +77,26 @@ def main() -> None:
         f" {true_hv:.4f} (reference {ref}); {args.trials} trials x {args.seeds} seeds;"
         f" population_size {args.population_size}"
     )
+    tasks = [(name, seed) for name in samplers for seed in range(args.seeds)]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        runs = list(
+            pool.map(
+                _study,
+                [
+                    (args.table, base, name, seed, args.target * true_hv, ref)
+                    for name, seed in tasks
+                ],
+            )
+        )
     results: dict[str, dict[str, list[float]]] = {}
-    for name in samplers:
-        res: dict[str, list[float]] = {"reach": [], "distinct": [], "seconds": []}
-        res.update({f"hv{k}": [] for k in CHECKPOINTS})
-        for seed in range(args.seeds):
-            cfg = load_config([*base, f"study.sampler={name}", f"study.seed={seed}"])
-            start = time.perf_counter()
-            trials = replay(cfg, table, args.trials)
-            res["seconds"].append(time.perf_counter() - start)
-            curve = hypervolume_curve(cfg, trials, ref)
-            res["reach"].append(trials_to_reach(curve, args.target * true_hv))
-            res["distinct"].append(len({t.arch_id for t in trials}))
-            for k in CHECKPOINTS:
-                res[f"hv{k}"].append(curve[min(k, len(curve)) - 1] / true_hv)
-        results[name] = res
+    for (name, _), run in zip(tasks, runs, strict=True):
+        res = results.setdefault(name, {})
+        for key, value in run.items():
+            res.setdefault(key, []).append(value)
+    for name, res in results.items():
+        res["hv_share"] = [hv / true_hv for hv in res.pop("final_hv")]
+        for k in CHECKPOINTS:
+            res[f"hv{k}"] = [hv / true_hv for hv in res[f"hv{k}"]]
         print(f"# {name}: {_reach_text(res['reach'], args.trials)}", flush=True)
 
     random_mean = (
@@ -120,6 +128,24 @@ def main() -> None:
         f"\n(± is the standard deviation over seeds; a seed that did not reach {args.target:.0%}"
         f" counts as {args.trials} trials, so such means are lower bounds.)"
     )
+
+
+def _study(task: tuple) -> dict[str, float]:
+    """One replayed study (in a worker process): its reach and hypervolume curve."""
+    table_path, base, name, seed, target, ref = task
+    table = Table.load(table_path)
+    cfg = load_config([*base, f"study.sampler={name}", f"study.seed={seed}"])
+    start = time.perf_counter()
+    trials = replay(cfg, table, cfg.study.n_trials)
+    seconds = time.perf_counter() - start
+    curve = hypervolume_curve(cfg, trials, ref)
+    return {
+        "reach": trials_to_reach(curve, target),
+        "distinct": len({t.arch_id for t in trials}),
+        "seconds": seconds,
+        "final_hv": curve[-1],
+        **{f"hv{k}": curve[min(k, len(curve)) - 1] for k in CHECKPOINTS},
+    }
 
 
 def _mean_capped(values: list[float], cap: int) -> float:

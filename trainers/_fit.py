@@ -343,6 +343,7 @@ def fit(
                     f" training pair; lower it"
                 )
             train_set = torch.utils.data.TensorDataset(*(t[keep] for t in train_set.tensors))
+        model.train()  # stage 2 starts in training mode
     align_s = time.perf_counter() - start
     val_batches = [
         val_set.slice(i, i + cfg.val_batch_size) for i in range(0, len(val_set), cfg.val_batch_size)

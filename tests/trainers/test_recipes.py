@@ -305,3 +305,73 @@ def _samples(space: SearchSpace) -> list[dict]:
         out.append(trial.params)
         study.tell(trial, 0.0)
     return out
+
+
+def test_the_study_teacher_is_trained_once_then_cached(
+    shapes_data, tiny_arch, tmp_path: Path, monkeypatch
+) -> None:
+    import trainers._cache as cache_module
+    from trainers import study_teacher
+
+    cfg = dataclasses.replace(FAST, teacher_epochs=1)
+    first = study_teacher(tiny_arch, shapes_data, cfg, tmp_path / "cache", tmp_path / "t1")
+    rows, _ = train_rows(tiny_arch, shapes_data, ImageCache(), 0)
+    assert first.logits.shape == (len(rows), shapes_data.text_len, len(shapes_data.tokenizer))
+    assert list((tmp_path / "cache").glob("teacher-*.npy"))
+
+    def no_training(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the teacher was trained again")
+
+    monkeypatch.setattr(cache_module, "fit", no_training)
+    again = study_teacher(tiny_arch, shapes_data, cfg, tmp_path / "cache", tmp_path / "t2")
+    assert again.key == first.key and np.array_equal(again.logits, first.logits)
+
+
+def test_an_exported_teacher_folder_is_used_and_checked(
+    shapes_data, tiny_arch, tmp_path: Path
+) -> None:
+    import json
+
+    import yaml
+
+    from trainers import study_teacher
+
+    trained = fit(tiny_arch, shapes_data, FAST, tmp_path / "train")
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump({"arch": tiny_arch.to_dict()}))
+    torch.save(trained.model.state_dict(), folder / "model.pt")
+    (folder / "tokenizer.json").write_text(shapes_data.tokenizer.to_json())
+    cfg = dataclasses.replace(FAST, teacher=str(folder))
+    teacher = study_teacher(tiny_arch, shapes_data, cfg, tmp_path / "cache", tmp_path / "w")
+    assert teacher.key.startswith("export-")
+    assert teacher.val_accuracy == pytest.approx(trained.metrics["val_accuracy"], abs=1e-9)
+    vocab = json.loads(shapes_data.tokenizer.to_json())
+    other = (
+        {**vocab, "vocab": [*vocab["vocab"], "extra"]} if isinstance(vocab, dict) else [*vocab, "x"]
+    )
+    (folder / "tokenizer.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="another vocabulary"):
+        study_teacher(tiny_arch, shapes_data, cfg, tmp_path / "cache2", tmp_path / "w")
+
+
+def test_noise_gives_the_stated_share_of_pairs_a_wrong_image(tmp_path: Path) -> None:
+    import json
+
+    from trainers.data import ShapesVQAConfig, generate_shapes_vqa
+
+    clean = generate_shapes_vqa(
+        tmp_path / "clean", ShapesVQAConfig(seed=1, train_images=40, val_images=4)
+    )
+    noisy = generate_shapes_vqa(
+        tmp_path / "noisy", ShapesVQAConfig(seed=1, train_images=40, val_images=4, noise=0.25)
+    )
+    a = json.loads((clean / "train.json").read_text())
+    b = json.loads((noisy / "train.json").read_text())
+    wrong = [i for i, r in enumerate(b) if r.get("mismatched")]
+    assert len(wrong) == 10
+    assert all(b[i]["image"] != a[i]["image"] for i in wrong)  # never their own image
+    assert all(b[i] == a[i] for i in range(40) if i not in wrong)  # the rest untouched
+    assert "noise" not in json.loads((clean / "manifest.json").read_text())  # older data valid
+    with pytest.raises(ValueError, match="data.noise=1.5"):
+        generate_shapes_vqa(tmp_path / "bad", ShapesVQAConfig(noise=1.5))

@@ -314,6 +314,16 @@ class ArchConfig:
         d.pop("quant")
         return _hash(d)
 
+    @property
+    def graph_id(self) -> str:
+        """Hash of what the inference graph depends on: the architecture without recipe
+        or quantization (equal to `weights_id` under the default recipe). Latency and
+        size are cached by it: how a model was trained does not change its speed."""
+        d = self.to_dict()
+        d.pop("quant")
+        d.pop("recipe")
+        return _hash(d)
+
 
 def _hash(data: dict[str, Any]) -> str:
     # Fields added after the first release enter the hash only away from their default,

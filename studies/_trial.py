@@ -154,7 +154,7 @@ def cheap_metrics(
         for profile in cfg.profiles:
             scheme = arch.quant_for(profile.name)
             key = latency_cache.key(
-                f"{arch.weights_id}-{data.text_len}x{len(tok)}", scheme, profile
+                f"{arch.graph_id}-{data.text_len}x{len(tok)}", scheme, profile
             )
             with busy():  # export and quantization are CPU work: not during a timing run
                 dep = deploy(untrained, profile, scheme, Path(tmp), val, calibration)

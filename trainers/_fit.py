@@ -111,7 +111,7 @@ def torch_forward(
 
 
 class VQAModule(L.LightningModule):
-    """Stage 2: the task. Batches are `TrainRows` tensors: (pixels, tile_mask, input_ids,
+    """Stage 2, the task. Batches are rows of `train_rows`: (pixels, tile_mask, input_ids,
     labels, row, allow_flip, allow_jitter, teacher_ok)."""
 
     def __init__(
@@ -269,9 +269,9 @@ def train_rows(
     arch: ArchConfig, data: VQAData, images: ImageCache, seed: int
 ) -> tuple[torch.utils.data.TensorDataset, int]:
     """The training rows `VQAModule` reads, one per training record: (pixels, tile_mask,
-    input_ids, labels, row, allow_flip, allow_jitter, teacher_ok); and how many questions
-    were paraphrased (`recipe.augment`: a paraphrase that would not fit the model's text
-    length is not used)."""
+    input_ids, labels, row, allow_flip, allow_jitter, teacher_ok); and how many records
+    got paraphrased questions (`recipe.augment`; a paraphrase that would not fit the
+    model's text length is not used)."""
     records: list[Record] = list(data.train)
     original = [True] * len(records)
     if arch.recipe.augment:

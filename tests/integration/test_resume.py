@@ -57,7 +57,7 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     killed_at = _states(workdir)
-    assert optuna.trial.TrialState.RUNNING in killed_at
+    assert optuna.trial.TrialState.RUNNING in killed_at, killed_at
 
     run = vlmnas(*args)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -67,11 +67,14 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     trials = study.get_trials()
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     interrupted = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
-    assert len(complete) == N_TRIALS  # the total reaches n_trials
-    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    # (messages carry the states and the resumed run's output: this test once failed
+    # without them and the failure could not be reproduced in five reruns)
+    seen = f"killed at {killed_at}; now {[t.state for t in trials]}; {run.stdout[-1500:]}"
+    assert len(complete) == N_TRIALS, seen  # the total reaches n_trials
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING], seen
     # each interrupted trial was rerun once with the same parameters; nothing else doubled
     reruns = {t.user_attrs["rerun_of"]: t for t in complete if "rerun_of" in t.user_attrs}
-    assert sorted(reruns) == sorted(t.number for t in interrupted)
+    assert sorted(reruns) == sorted(t.number for t in interrupted), seen
     for t in interrupted:
         assert reruns[t.number].params == t.params
     finished_before = [i for i, s in enumerate(killed_at) if s == optuna.trial.TrialState.COMPLETE]
@@ -85,5 +88,7 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     children = [r for r in runs if r.data.tags.get("vlmnas.role") == "trial"]
     assert sorted(int(r.data.tags["trial_number"]) for r in children) == sorted(
         t.number for t in complete
-    )
-    assert all(r.info.status != "RUNNING" for r in runs)
+    ), seen
+    assert all(r.info.status != "RUNNING" for r in runs), [
+        (r.info.run_name, r.info.status) for r in runs
+    ]

@@ -281,6 +281,7 @@ def test_default_recipe_keeps_earlier_arch_ids() -> None:
     base = ArchConfig()
     assert base.arch_id == "c1a133412eec"  # computed before the recipes existed
     assert _with(base, augment=True).weights_id != base.weights_id
+    assert _with(base, augment=True).graph_id == base.graph_id == base.weights_id
     sincos = dataclasses.replace(base, vision=VisionTowerConfig(pos_encoding="sincos_2d"))
     assert sincos.arch_id != base.arch_id
     assert ArchConfig.from_dict(_with(base, align_epochs=2).to_dict()).recipe.align_epochs == 2

@@ -7,8 +7,9 @@ Replays the `quick` study's objectives (cpu/accuracy up, cpu/latency_p50_ms down
 `tabular` space against `bench/data/tabular_cpu.csv` (every one of its 288 configurations
 trained and measured once by `bench/tabular_table.py`), with each sampler as `search`
 builds it (`studies._search.make_sampler`), baseline first, nothing trained
-(`studies._tabular.replay`). The table's own front gives the true hypervolume
-(reference point as `search` sets it: accuracy 0, twice the baseline's latency).
+(`studies._tabular.replay`). The table's own front gives the true hypervolume, for two
+reference points: the one `search` uses (accuracy 0, twice the baseline's latency) and
+the table's nadir (its worst accuracy and latency).
 
 Prints, per sampler over the seeds: the hypervolume reached after 10/25/50/100 trials
 as a share of the true front's, and the trials needed to reach 95% of it (median and
@@ -36,6 +37,7 @@ from studies import load_config  # noqa: E402
 from studies._tabular import (  # noqa: E402
     Table,
     hypervolume_curve,
+    nadir,
     reference,
     replay,
     trials_to_reach,
@@ -69,36 +71,51 @@ def main() -> None:
     ]
     cfg = load_config(base)
     table.check(cfg)
-    ref = reference(cfg, table)
-    true_hv = true_hypervolume(cfg, table, ref)
+    # Two reference points: the one `search` uses (accuracy 0, twice the baseline's
+    # latency), and the table's nadir (its worst accuracy and latency), which counts only
+    # the region the configurations span and so tells the samplers apart more sharply.
+    refs = {"search": reference(cfg, table), "nadir": nadir(cfg, table)}
+    true_hv = {k: true_hypervolume(cfg, table, r) for k, r in refs.items()}
     print(f"# machine: {cpu_description()}, Python {platform.python_version()}")
     print(
-        f"# table {args.table.name}: {len(table.rows)} configurations; true front hypervolume"
-        f" {true_hv:.4f} (reference {ref}); {args.trials} trials x {args.seeds} seeds;"
-        f" population_size {args.population_size}"
+        f"# table {args.table.name}: {len(table.rows)} configurations; {args.trials} trials x"
+        f" {args.seeds} seeds; population_size {args.population_size}"
     )
+    for k, r in refs.items():
+        print(
+            f"# reference {k}: {[round(x, 4) for x in r]}, true front hypervolume {true_hv[k]:.4f}"
+        )
     tasks = [(name, seed) for name in samplers for seed in range(args.seeds)]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        runs = list(
-            pool.map(
-                _study,
-                [
-                    (args.table, base, name, seed, args.target * true_hv, ref)
-                    for name, seed in tasks
-                ],
-            )
+        runs = list(pool.map(_study, [(args.table, base, n, s, refs) for n, s in tasks]))
+    for k in refs:
+        print(f"\n## reference point: {k} {[round(x, 4) for x in refs[k]]}\n")
+        _report(
+            {n: [r for (n2, _), r in zip(tasks, runs, strict=True) if n2 == n] for n in samplers},
+            k,
+            true_hv[k],
+            args,
         )
-    results: dict[str, dict[str, list[float]]] = {}
-    for (name, _), run in zip(tasks, runs, strict=True):
-        res = results.setdefault(name, {})
-        for key, value in run.items():
-            res.setdefault(key, []).append(value)
-    for name, res in results.items():
-        res["hv_share"] = [hv / true_hv for hv in res.pop("final_hv")]
-        for k in CHECKPOINTS:
-            res[f"hv{k}"] = [hv / true_hv for hv in res[f"hv{k}"]]
-        print(f"# {name}: {_reach_text(res['reach'], args.trials)}", flush=True)
+    print(
+        f"\n(± is the standard deviation over seeds; a seed that did not reach {args.target:.0%}"
+        f" counts as {args.trials} trials, so such means are lower bounds. The first"
+        f" {args.population_size} trials of every sampler are the same seeded random draws.)"
+    )
 
+
+def _report(
+    runs: dict[str, list[dict]], ref: str, true_hv: float, args: argparse.Namespace
+) -> None:
+    results = {}
+    for name, studies in runs.items():
+        curves = [run["curves"][ref] for run in studies]
+        results[name] = {
+            "reach": [trials_to_reach(c, args.target * true_hv) for c in curves],
+            **{f"hv{k}": [c[min(k, len(c)) - 1] / true_hv for c in curves] for k in CHECKPOINTS},
+            "distinct": [run["distinct"] for run in studies],
+            "seconds": [run["seconds"] for run in studies],
+        }
+        print(f"# {name}: {_reach_text(results[name]['reach'], args.trials)}", flush=True)
     random_mean = (
         _mean_capped(results["random"]["reach"], args.trials) if "random" in results else None
     )
@@ -124,27 +141,20 @@ def main() -> None:
             f"| {name} | {hv} | {median_text} | {mean:.1f} | {ratio} | {reached}/{len(res['reach'])}"
             f" | {statistics.mean(res['distinct']):.0f} | {statistics.mean(res['seconds']):.1f} |"
         )
-    print(
-        f"\n(± is the standard deviation over seeds; a seed that did not reach {args.target:.0%}"
-        f" counts as {args.trials} trials, so such means are lower bounds.)"
-    )
 
 
-def _study(task: tuple) -> dict[str, float]:
-    """One replayed study (in a worker process): its reach and hypervolume curve."""
-    table_path, base, name, seed, target, ref = task
+def _study(task: tuple) -> dict:
+    """One replayed study (in a worker process): its hypervolume curve per reference."""
+    table_path, base, name, seed, refs = task
     table = Table.load(table_path)
     cfg = load_config([*base, f"study.sampler={name}", f"study.seed={seed}"])
     start = time.perf_counter()
     trials = replay(cfg, table, cfg.study.n_trials)
     seconds = time.perf_counter() - start
-    curve = hypervolume_curve(cfg, trials, ref)
     return {
-        "reach": trials_to_reach(curve, target),
+        "curves": {k: hypervolume_curve(cfg, trials, r) for k, r in refs.items()},
         "distinct": len({t.arch_id for t in trials}),
         "seconds": seconds,
-        "final_hv": curve[-1],
-        **{f"hv{k}": curve[min(k, len(curve)) - 1] for k in CHECKPOINTS},
     }
 
 

@@ -128,6 +128,16 @@ def reference(cfg: VlmnasConfig, table: Table) -> list[float]:
     return ref
 
 
+def nadir(cfg: VlmnasConfig, table: Table) -> list[float]:
+    """The table's worst value of each objective: a reference point that measures only
+    the part of the objective space the table's configurations actually span."""
+    ref = []
+    for o in cfg.study.objectives:
+        values = [row[o.metric] for row in table.rows.values()]
+        ref.append(min(values) if o.direction == "maximize" else max(values))
+    return ref
+
+
 def true_hypervolume(cfg: VlmnasConfig, table: Table, ref: Sequence[float]) -> float:
     """Hypervolume of the front of the whole table (feasible rows only)."""
     points = [

@@ -153,9 +153,7 @@ def cheap_metrics(
     with tempfile.TemporaryDirectory() as tmp:
         for profile in cfg.profiles:
             scheme = arch.quant_for(profile.name)
-            key = latency_cache.key(
-                f"{arch.graph_id}-{data.text_len}x{len(tok)}", scheme, profile
-            )
+            key = latency_cache.key(f"{arch.graph_id}-{data.text_len}x{len(tok)}", scheme, profile)
             with busy():  # export and quantization are CPU work: not during a timing run
                 dep = deploy(untrained, profile, scheme, Path(tmp), val, calibration)
             measured = latency_cache.get(key)

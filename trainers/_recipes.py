@@ -16,8 +16,9 @@ in search_spaces/_arch.py says which a candidate uses).
 
 from __future__ import annotations
 
-import hashlib
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,15 +144,14 @@ def teacher_logits(
     return np.concatenate(out)
 
 
-def cached_logits(path: Path, compute: object) -> np.ndarray:
-    """Load `path` (.npy) or write what `compute()` returns there first (atomically)."""
+def cached_logits(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """Load `path` (.npy) or write what `compute()` returns there first (atomically, so
+    two trials computing the same teacher at once cannot leave a torn file)."""
     if path.is_file():
         return np.load(path)
-    logits = compute()  # type: ignore[operator]
+    logits = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(
-        f".{path.name}.{hashlib.sha256(str(path).encode()).hexdigest()[:6]}.tmp.npy"
-    )
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
     np.save(tmp, logits)
     tmp.replace(path)
     return logits

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ from ._cache import cache_key, cached_fit
 from ._fit import TrainerConfig, model_for, train_rows
 from ._recipes import Teacher, cached_logits, teacher_logits
 from .data import ImageCache, VQAData, encode_eval
+
+# A teacher as a function: training rows (pixels, tile_mask, input_ids, ...) -> logits.
+Forward = Callable[[torch.utils.data.TensorDataset], np.ndarray]
 
 
 def study_teacher(
@@ -59,7 +63,7 @@ def study_teacher(
     return Teacher(key=key, logits=logits, val_accuracy=val_accuracy)
 
 
-def _exported(folder: Path, data: VQAData):  # type: ignore[no-untyped-def]
+def _exported(folder: Path, data: VQAData) -> tuple[ArchConfig, Forward, str]:
     """(arch, forward over training rows, key) of an exported candidate folder."""
     config_path = folder / "config.yaml"
     if not config_path.is_file():
@@ -105,7 +109,8 @@ def _exported(folder: Path, data: VQAData):  # type: ignore[no-untyped-def]
     return arch, forward, key
 
 
-def _val_accuracy(arch, forward, data: VQAData, images: ImageCache) -> float:  # type: ignore[no-untyped-def]
+def _val_accuracy(arch: ArchConfig, forward: Forward, data: VQAData, images: ImageCache) -> float:
+    """Exact-match accuracy of an exported teacher on the validation set."""
     from search_spaces import decode_accuracy
 
     val = encode_eval(data.val, data.tokenizer, arch, data.text_len, images)

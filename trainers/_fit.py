@@ -70,6 +70,11 @@ class TrainerConfig:
                 raise ValueError(f"trainer.{name}={getattr(self, name)}: must be >= 1")
         if not self.lr > 0:
             raise ValueError(f"trainer.lr={self.lr}: must be > 0")
+        if self.teacher != "baseline" and not (Path(self.teacher) / "config.yaml").is_file():
+            raise ValueError(
+                f"trainer.teacher={self.teacher!r}: allowed 'baseline' or an exported candidate"
+                " folder (with config.yaml and model.pt or model.onnx)"
+            )
 
 
 @dataclass

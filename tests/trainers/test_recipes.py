@@ -376,3 +376,10 @@ def test_noise_gives_the_stated_share_of_pairs_a_wrong_image(tmp_path: Path) -> 
     assert "noise" not in json.loads((clean / "manifest.json").read_text())  # older data valid
     with pytest.raises(ValueError, match="data.noise=1.5"):
         generate_shapes_vqa(tmp_path / "bad", ShapesVQAConfig(noise=1.5))
+
+
+def test_a_teacher_that_is_not_a_folder_is_refused_at_load(tmp_path: Path) -> None:
+    from studies import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="trainer.teacher='/nowhere': allowed 'baseline'"):
+        load_config(["trainer.teacher=/nowhere", f"study.workdir={tmp_path}"])

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -23,3 +28,24 @@ def wait_for_port(port: int, timeout: float = 60.0) -> None:
         except OSError:
             time.sleep(0.5)
     raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def start_dashboard(workdir: Path, study: str, port: int) -> subprocess.Popen:
+    """`vlmnas dashboard` for `study` in `workdir` on 127.0.0.1:`port`, its output (which
+    names the URL) on the returned process's stdout. The caller terminates it."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "studies.cli",
+            "dashboard",
+            f"study.workdir={workdir}",
+            f"study.name={study}",
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

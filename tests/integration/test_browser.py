@@ -5,15 +5,13 @@ the Pareto plot. Screenshots go to test-artifacts/ for a person to look at."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration._net import free_port, wait_for_port
+from tests.integration._net import free_port, start_dashboard, wait_for_port
 from tests.integration.test_cli import REPO, TINY, vlmnas
 
 pytestmark = pytest.mark.browser
@@ -75,22 +73,7 @@ def _wait_for_text(driver, needles: list[str], timeout: float = 90.0) -> str:
 
 def test_dashboard_shows_the_experiment_and_its_trials(browser, study: Path) -> None:
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "studies.cli",
-            "dashboard",
-            f"study.workdir={study}",
-            "study.name=tiny",
-            "--port",
-            str(port),
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server = start_dashboard(study, "tiny", port)
     try:
         url = ""
         deadline = time.monotonic() + 120

@@ -202,29 +202,13 @@ def test_bad_input_is_one_line_before_anything_is_written(
 
 
 def test_dashboard_serves_the_study_on_loopback(searched: Path) -> None:
-    import socket
     import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "studies.cli",
-            "dashboard",
-            f"study.workdir={searched}",
-            "study.name=tiny",
-            "--port",
-            str(port),
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    from tests.integration._net import free_port, start_dashboard
+
+    port = free_port()
+    server = start_dashboard(searched, "tiny", port)
     try:
         api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny"
         deadline = time.monotonic() + 90

@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -31,6 +29,8 @@ from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _common import run_search  # noqa: E402  (bench/ is the script's folder)
 
 from dashboards import tracking_uri_for  # noqa: E402
 from hardware_profiles._report import cpu_description  # noqa: E402
@@ -70,22 +70,7 @@ def main() -> None:
     rows = []
     for name, extra in VARIANTS.items():
         workdir = Path(args.workdir).resolve() / name
-        cmd = [
-            sys.executable,
-            "-m",
-            "studies.cli",
-            "search",
-            "study=edge_cpu",
-            f"study.workdir={workdir}",
-            *budget,
-            *extra,
-        ]
-        start = time.perf_counter()
-        run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if run.returncode != 0:
-            print(run.stdout[-3000:], run.stderr[-3000:])
-            raise SystemExit(f"{name}: search failed")
+        wall = run_search(name, ["study=edge_cpu", f"study.workdir={workdir}", *budget, *extra])
         rows.append({"variant": name, "wall_s": wall, **_summary(workdir)})
         print(f"{name}: {wall:.0f} s", flush=True)
     print()

@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _common import run_search  # noqa: E402  (bench/ is the script's folder)
 
 from hardware_profiles._report import cpu_description  # noqa: E402
 
@@ -44,24 +44,15 @@ def main() -> None:
             "study.population_size=2",
         ]
     workdir = Path(args.workdir).resolve()
-    cmd = [
-        sys.executable,
-        "-m",
-        "studies.cli",
-        "search",
+    overrides = [
         f"study.workdir={workdir}",
         "study.name=overhead",
         "study.max_concurrent=1",
         *budget,
     ]
     print(f"machine: {cpu_description()}; {platform.platform()}")
-    print(f"command: vlmnas search {' '.join(cmd[4:])}")
-    start = time.perf_counter()
-    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    total = time.perf_counter() - start
-    if run.returncode != 0:
-        print(run.stdout[-3000:], run.stderr[-3000:])
-        raise SystemExit("search failed")
+    print(f"command: vlmnas search {' '.join(overrides)}")
+    total = run_search("overhead", overrides)
     t = json.loads((workdir / "overhead" / "timing.json").read_text())
     compute = t["trials_s"]
     inside = t["tune_wall_s"]

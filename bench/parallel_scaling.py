@@ -17,15 +17,15 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _common import run_search  # noqa: E402  (bench/ is the script's folder)
 
 from hardware_profiles._report import cpu_description  # noqa: E402
 
@@ -54,22 +54,7 @@ def main() -> None:
     results = {}
     for name, extra in RUNS.items():
         workdir = Path(args.workdir).resolve() / name
-        cmd = [
-            sys.executable,
-            "-m",
-            "studies.cli",
-            "search",
-            f"study.workdir={workdir}",
-            "study.name=scaling",
-            *budget,
-            *extra,
-        ]
-        start = time.perf_counter()
-        run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if run.returncode != 0:
-            print(run.stdout[-3000:], run.stderr[-3000:])
-            raise SystemExit(f"{name}: search failed")
+        wall = run_search(name, [f"study.workdir={workdir}", "study.name=scaling", *budget, *extra])
         results[name] = {"wall_s": wall, **_latencies(workdir)}
         print(f"{name}: {wall:.0f} s", flush=True)
     serial, parallel = results["serial"], results["parallel"]

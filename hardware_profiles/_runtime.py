@@ -224,10 +224,27 @@ class Placement:
     fallback_subgraphs: int
 
 
+# The last placement asked for: a trial asks twice for the same file (the latency
+# estimate, then the coverage metric), and each answer costs a QNN session.
+_last_placement: tuple[tuple[object, ...], Placement] | None = None
+
+
 def placement(onnx_path: Path, profile: HardwareProfile) -> Placement:
     """Ask the runtime which execution provider runs each node (ORT's
     `session.record_ep_graph_assignment_info`). Nodes the EP cannot take fall back to
-    the CPU: reported here, never a crash."""
+    the CPU: reported here, never a crash. The answer for the same unchanged file and
+    profile as the previous call is reused."""
+    global _last_placement
+    stat = Path(onnx_path).stat()
+    key = (str(Path(onnx_path).resolve()), stat.st_mtime_ns, stat.st_size, profile)
+    if _last_placement is not None and _last_placement[0] == key:
+        return _last_placement[1]
+    result = _placement(onnx_path, profile)
+    _last_placement = (key, result)
+    return result
+
+
+def _placement(onnx_path: Path, profile: HardwareProfile) -> Placement:
     sess = session(onnx_path, profile, record_placement=True)
     ours = fallback = 0
     names: list[str] = []

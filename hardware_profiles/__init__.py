@@ -2,7 +2,7 @@
 or a cast PyTorch module), latency (measured or estimated), accuracy on the target."""
 
 from ._deploy import Accuracy, Deployment, accuracy, coverage, deploy, latency, wilson_interval
-from ._lock import busy, measuring
+from common import busy, measuring
 from ._profile import HardwareProfile, ProfileError, known_profiles
 from ._report import LatencyReport
 

@@ -66,7 +66,7 @@ def deploy(
 def latency(dep: Deployment, example: EncodedVQA) -> LatencyReport:
     """Latency of one forward pass on the profile: measured while holding the host's
     measuring lock (no training shares the cores), or estimated by the cost model."""
-    from ._lock import measuring
+    from common import measuring
 
     profile = dep.profile
     if profile.runtime == "torch":

@@ -29,7 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
 from dashboards import MlflowTracker, TrialRecord
-from hardware_profiles._lock import LOCK_DIR_ENV
+from common import LOCK_DIR_ENV
 from search_spaces import ArchConfig
 from trainers.data import prepare_data
 

@@ -22,7 +22,7 @@ def _private_lock_dir(tmp_path_factory: pytest.TempPathFactory):
     so a real study running on this host neither waits for them nor slows them."""
     import os
 
-    from hardware_profiles._lock import LOCK_DIR_ENV
+    from common import LOCK_DIR_ENV
 
     before = os.environ.get(LOCK_DIR_ENV)
     os.environ[LOCK_DIR_ENV] = str(tmp_path_factory.mktemp("locks"))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import torchmetrics
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from hardware_profiles._lock import busy
+from common import busy
 from search_spaces import (
     ArchConfig,
     EncodedVQA,

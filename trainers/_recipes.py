@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hardware_profiles._lock import busy
+from common import busy
 from search_spaces import LlavaNextModel
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hardware_profiles._lock import LOCK_DIR_ENV, busy, lock_dir, measuring
+from common import LOCK_DIR_ENV, busy, lock_dir, measuring
 
 _fork = mp.get_context("fork")
 Section = Callable[[], AbstractContextManager[None]]

@@ -52,12 +52,19 @@ class MlflowTracker:
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.artifact_root = artifact_root
+        self._experiments: dict[str, str] = {}
 
     @classmethod
     def for_workdir(cls, workdir: Path) -> MlflowTracker:
         return cls(tracking_uri_for(workdir), Path(workdir).resolve() / "mlartifacts")
 
     def experiment_id(self, study_name: str) -> str:
+        if study_name in self._experiments:
+            return self._experiments[study_name]
+        self._experiments[study_name] = self._experiment_id(study_name)
+        return self._experiments[study_name]
+
+    def _experiment_id(self, study_name: str) -> str:
         exp = self.client.get_experiment_by_name(study_name)
         if exp is not None:
             return str(exp.experiment_id)
@@ -86,21 +93,31 @@ class MlflowTracker:
         self._log_yaml(run_id, "study_config.yaml", config)
         return run_id
 
-    def log_trial(self, study_name: str, parent_run_id: str, record: TrialRecord) -> str:
-        """Create (or replace the contents of) the trial's child run; returns its id."""
+    def trial_runs(self, study_name: str, parent_run_id: str) -> dict[int, str]:
+        """Trial number -> run id of the study's child runs (one search, for a driver
+        that starts on a study with trials already logged)."""
+        exp_id = self.experiment_id(study_name)
+        children = self.client.search_runs(
+            [exp_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+            max_results=50000,
+        )
+        return {
+            int(run.data.tags["trial_number"]): str(run.info.run_id)
+            for run in children
+            if "trial_number" in run.data.tags
+        }
+
+    def log_trial(
+        self, study_name: str, parent_run_id: str, record: TrialRecord, *, run_id: str | None = None
+    ) -> str:
+        """Create the trial's child run, or replace the contents of `run_id`; returns
+        the run's id. (No search: the driver knows its runs, see `trial_runs`.)"""
         from mlflow.entities import Metric, Param, RunTag
 
-        exp_id = self.experiment_id(study_name)
-        existing = self.client.search_runs(
-            [exp_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.trial_number = '{record.number}'",
-            max_results=1,
-        )
-        if existing:
-            run_id = str(existing[0].info.run_id)
-        else:
+        if run_id is None:
             run = self.client.create_run(
-                exp_id,
+                self.experiment_id(study_name),
                 run_name=f"trial-{record.number}",
                 tags={
                     "mlflow.parentRunId": parent_run_id,
@@ -137,6 +154,11 @@ class MlflowTracker:
         for path in paths:
             folder = next((name for name, group in folders.items() if path in group), None)
             self.client.log_artifact(run_id, str(path), artifact_path=folder)
+
+    def tag_front(self, changes: Mapping[str, bool]) -> None:
+        """Set `pareto=true|false` on the runs (by id) whose front membership changed."""
+        for run_id, on_front in changes.items():
+            self.client.set_tag(run_id, "pareto", "true" if on_front else "false")
 
     def mark_front(
         self,

@@ -33,10 +33,9 @@ import optuna
 import yaml
 
 from ._config import ConfigError, VlmnasConfig
-from ._review import front_numbers
-from ._search import feasible_complete, open_storage
+from ._front import front_of, state_of
+from ._storage import load_study
 
-POLICIES = ("pareto", "knee", "max_accuracy", "min_latency")
 PACKAGES = (
     "vlmnas",
     "torch",
@@ -52,31 +51,9 @@ PACKAGES = (
 
 def export_study(cfg: VlmnasConfig) -> list[Path]:
     """Select winners by `cfg.export.policy` and write one folder per winner."""
-    spec = cfg.export
-    if spec.policy not in POLICIES:
-        raise ConfigError(f"export.policy={spec.policy!r}; allowed {list(POLICIES)}")
-    names = [p.name for p in cfg.profiles]
-    profile = spec.profile or names[0]
-    if profile not in names:
-        raise ConfigError(f"export.profile={profile!r}; allowed with hardware={names}: {names}")
-    if spec.policy == "max_accuracy" and spec.latency_budget_ms is None:
-        raise ConfigError("export.policy=max_accuracy needs export.latency_budget_ms=<ms>")
-    if spec.policy == "min_latency" and spec.accuracy_floor is None:
-        raise ConfigError("export.policy=min_latency needs export.accuracy_floor=<0..1>")
-    db = cfg.workdir / "optuna.db"
-    if not cfg.study.storage and not db.is_file():
-        raise ConfigError(
-            f"study.workdir={str(cfg.workdir)!r} has no optuna.db; run `vlmnas search` first"
-        )
-    storage = open_storage(cfg)
-    known = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    if cfg.study.name not in known:
-        raise ConfigError(
-            f"study.name={cfg.study.name!r} not found in {cfg.study.storage or db};"
-            f" known studies: {known}"
-        )
-    study = optuna.load_study(study_name=cfg.study.name, storage=storage)
-    trials = study.get_trials(deepcopy=False)
+    # load_config checked the policy, its inputs and that the profile is selected.
+    profile = cfg.export.profile or cfg.profiles[0].name
+    trials = load_study(cfg).get_trials(deepcopy=False)
     chosen = select(cfg, trials, profile)
     out_root = cfg.study_dir / "export"
     out_root.mkdir(parents=True, exist_ok=True)
@@ -88,11 +65,11 @@ def select(
 ) -> list[optuna.trial.FrozenTrial]:
     """The trials `cfg.export.policy` picks; raises `ConfigError` when none qualifies."""
     spec = cfg.export
-    feasible = [t for t in feasible_complete(trials) if _metrics_file(t).is_file()]
+    feasible = [t for t in trials if state_of(t) == "complete" and _metrics_file(t).is_file()]
     if not feasible:
         raise ConfigError(f"study {cfg.study.name!r} has no complete feasible trials to export")
     by_number = {t.number: t for t in feasible}
-    front = [by_number[n] for n in front_numbers(cfg, trials) if n in by_number]
+    front = [by_number[n] for n in front_of(trials, cfg.study.objectives).members if n in by_number]
     if spec.policy == "pareto":
         return front
     if spec.policy == "knee":

@@ -27,64 +27,18 @@ from dashboards._html import write_report
 from dashboards._plots import Objective, PlotTrial, figure_divs, write_plots
 
 from ._config import VlmnasConfig
-from ._pareto import hypervolume, pareto_front
-
-
-def _state(trial: optuna.trial.FrozenTrial) -> str:
-    if trial.state == TrialState.COMPLETE:
-        return "infeasible" if trial.user_attrs.get("infeasible") else "complete"
-    return {TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}.get(trial.state, "running")
-
-
-def reference_point(cfg: VlmnasConfig, feasible: list[optuna.trial.FrozenTrial]) -> list[float]:
-    """Hypervolume reference: the objective's `reference`, else 0 when maximizing and
-    twice the baseline's value when minimizing (first feasible trial if the baseline is
-    not feasible)."""
-    baseline = next((t for t in feasible if t.user_attrs.get("baseline")), None)
-    baseline = baseline or (feasible[0] if feasible else None)
-    ref = []
-    for i, o in enumerate(cfg.study.objectives):
-        if o.reference is not None:
-            ref.append(o.reference)
-        elif o.direction == "maximize":
-            ref.append(0.0)
-        else:
-            ref.append(2.0 * baseline.values[i] if baseline else float("inf"))
-    return ref
+from ._front import front_of, hypervolume_history, state_of
 
 
 def front_numbers(cfg: VlmnasConfig, trials: list[optuna.trial.FrozenTrial]) -> list[int]:
-    feasible = [t for t in trials if _state(t) == "complete"]
-    directions = [o.direction for o in cfg.study.objectives]
-    return [feasible[i].number for i in pareto_front([t.values for t in feasible], directions)]
-
-
-def hypervolume_history(
-    cfg: VlmnasConfig, trials: list[optuna.trial.FrozenTrial]
-) -> list[tuple[int, float]]:
-    """(finished trials so far, hypervolume of the feasible front then), in finishing
-    order, with one reference point for the whole history."""
-    directions = [o.direction for o in cfg.study.objectives]
-    finished = sorted(
-        (t for t in trials if t.datetime_complete is not None),
-        key=lambda t: t.datetime_complete,
-    )
-    feasible_all = [t for t in finished if _state(t) == "complete"]
-    ref = reference_point(cfg, feasible_all)
-    history = []
-    seen: list[list[float]] = []
-    for k, t in enumerate(finished, 1):
-        if _state(t) == "complete":
-            seen.append(list(t.values))
-        front = pareto_front(seen, directions)
-        history.append((k, hypervolume([seen[i] for i in front], directions, ref)))
-    return history
+    """The feasible front's trial numbers (`_front.py` defines it)."""
+    return front_of(trials, cfg.study.objectives).members
 
 
 def importances(cfg: VlmnasConfig, study: optuna.Study) -> dict[str, float]:
     """fANOVA importance of each parameter for the first objective, over feasible
     complete trials (Optuna's evaluator); empty when there are too few trials."""
-    feasible = [t for t in study.get_trials(deepcopy=False) if _state(t) == "complete"]
+    feasible = [t for t in study.get_trials(deepcopy=False) if state_of(t) == "complete"]
     if len(feasible) < 3:
         return {}
     try:
@@ -122,7 +76,7 @@ def publish(
     plot_trials = [
         PlotTrial(
             number=t.number,
-            state=_state(t),
+            state=state_of(t),
             values=dict(zip(names, t.values, strict=True)) if t.values else {},
             params=dict(t.params),
             baseline=bool(t.user_attrs.get("baseline")),
@@ -130,7 +84,7 @@ def publish(
         )
         for t in trials
     ]
-    history = hypervolume_history(cfg, trials)
+    history = hypervolume_history(trials, cfg.study.objectives)
     imp = importances(cfg, study)
     out = cfg.study_dir
     plots = write_plots(out / "plots", plot_trials, objectives, history, imp)

@@ -24,7 +24,7 @@ import optuna
 
 from ._config import ConfigError, VlmnasConfig
 from ._pareto import hypervolume, pareto_front
-from ._search import make_sampler
+from ._samplers import make_sampler
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,8 @@ def replay(cfg: VlmnasConfig, table: Table, n_trials: int) -> list[ReplayTrial]:
         arch = cfg.space.sample(trial, quant)
         row = table.rows[arch.arch_id]
         violations = [c.violation(row[c.metric]) for c in constraints]
-        if constraints:
-            trial.set_user_attr("constraints", violations)
+        for constraint, violation in zip(constraints, violations, strict=True):
+            trial.set_constraint(str(constraint), violation)  # as `search` tells them
         values = tuple(row[o.metric] for o in objectives)
         study.tell(trial, list(values))
         out.append(ReplayTrial(trial.number, arch.arch_id, values, all(v <= 0 for v in violations)))

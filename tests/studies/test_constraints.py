@@ -10,14 +10,10 @@ import pytest
 
 from studies import ConfigError, load_config
 from studies._config import Constraint
-from studies._search import (
-    _fill_worst,
-    _outcome,
-    constraint_values,
-    feasible_complete,
-    make_sampler,
-    open_storage,
-)
+from studies._front import front_of, state_of
+from studies._outcome import decide, optuna_verdict
+from studies._samplers import make_sampler
+from studies._storage import open_storage
 
 
 def test_constraint_parsing_and_violation() -> None:
@@ -42,29 +38,31 @@ def test_constraints_are_validated_at_load() -> None:
 
 
 def test_infeasible_outcome_keeps_measured_values_and_fills_the_rest() -> None:
-    result = {"final": True, "infeasible": "cpu/size_mb <= 1 (measured 2)", "cpu/size_mb": 2.0}
-    outcome = _outcome(result, ["cpu/accuracy", "cpu/size_mb"])
-    assert outcome.state == "infeasible" and outcome.values == [None, 2.0]
-    assert _fill_worst(outcome.values, ["max", "min"]) == [-math.inf, 2.0]
-    assert _fill_worst([None], ["min"]) == [math.inf]
+    objectives = load_config().study.objectives  # cpu/accuracy (max), cpu/latency_p50_ms (min)
+    result = {"final": True, "infeasible": "cpu/latency_p50_ms <= 1 (measured 2)"}
+    result["cpu/latency_p50_ms"] = 2.0
+    outcome = decide(result, None, objectives)
+    assert outcome.state == "infeasible" and outcome.values == (None, 2.0)
+    assert optuna_verdict(outcome, ["maximize", "minimize"])[1] == [-math.inf, 2.0]
 
 
-def test_front_excludes_infeasible_trials_and_samplers_get_the_violations() -> None:
-    cfg = load_config(['study.constraints=["cpu/size_mb <= 1"]'])
-    sampler = make_sampler(cfg.study)
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    for size, infeasible in ((0.5, False), (3.0, True)):
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe", "gp", "random"])
+def test_front_excludes_infeasible_trials_and_samplers_get_the_violations(sampler: str) -> None:
+    cfg = load_config(['study.constraints=["cpu/size_mb <= 1"]', f"study.sampler={sampler}"])
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=make_sampler(cfg.study)
+    )
+    for size in (0.5, 3.0):
         trial = study.ask()
         trial.suggest_float("x", 0, 1)
-        trial.set_user_attr("constraints", [size - 1.0])
-        if infeasible:
-            trial.set_user_attr("infeasible", "cpu/size_mb <= 1")
+        trial.set_constraint("cpu/size_mb <= 1", size - 1.0)
         study.tell(trial, [0.5, size])
     trials = study.get_trials()
-    assert [t.number for t in feasible_complete(trials)] == [0]
-    assert constraint_values(trials[1]) == [2.0]
-    # NSGA-II stored the violations where its constrained domination reads them.
-    assert list(trials[1].system_attrs["constraints"]) == [2.0]
+    assert [state_of(t) for t in trials] == ["complete", "infeasible"]
+    assert front_of(trials, cfg.study.objectives).members == [0]
+    # what constrained samplers read, for every sampler (random ignores it)
+    assert trials[1].constraints == {"cpu/size_mb <= 1": 2.0}
+    assert [t.number for t in study.best_trials] == [0]
 
 
 def test_journal_storage_for_several_drivers(tmp_path: Path) -> None:

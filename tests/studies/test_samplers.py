@@ -6,7 +6,7 @@ import pytest
 from search_spaces import SearchSpace
 from studies import load_config
 from studies._config import SAMPLERS
-from studies._search import make_sampler
+from studies._samplers import make_sampler
 
 
 def _run(sampler_name: str, seed: int, n: int = 8) -> list[dict]:

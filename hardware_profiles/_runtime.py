@@ -369,7 +369,7 @@ class LatencyCache:
 
     def put(self, key: str, report: LatencyReport) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{key}.tmp"
+        tmp = self.root / f".{key}.{os.getpid()}.tmp"  # unique: drivers may share the cache
         tmp.write_text(json.dumps(report.as_dict()))
         os.replace(tmp, self.root / f"{key}.json")
 

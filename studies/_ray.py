@@ -163,7 +163,7 @@ class _DriverSide:
         return {}
 
 
-class _Searcher(_DriverSide, Searcher):  # type: ignore[misc]
+class _Searcher(_DriverSide, Searcher):
     """Hands Tune the configs `ask` makes; Optuna is told elsewhere (`on_end`)."""
 
     def __init__(self, ask: Ask) -> None:
@@ -192,7 +192,7 @@ class _Searcher(_DriverSide, Searcher):  # type: ignore[misc]
         """Nothing to restore: a resumed study reads its Optuna store."""
 
 
-class _Ends(_DriverSide, Callback):  # type: ignore[misc]
+class _Ends(_DriverSide, Callback):
     """The driver side of a trial's end: one `on_end` call per trial, with per-epoch
     accuracy kept for trials the scheduler stopped (their last report is an epoch's)."""
 
@@ -220,7 +220,7 @@ class _Ends(_DriverSide, Callback):  # type: ignore[misc]
         self._on_end(int(trial.config["trial_number"]), result, error)
 
 
-class _Stop(_DriverSide, Stopper):  # type: ignore[misc]
+class _Stop(_DriverSide, Stopper):
     def __init__(self, should_stop: Callable[[], bool]) -> None:
         self._should_stop = should_stop
 

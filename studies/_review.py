@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import TrialState
 
 from dashboards import MlflowTracker
-from dashboards._html import write_report
+from dashboards._html import Link, write_report
 from dashboards._plots import Objective, PlotTrial, figure_divs, write_plots
+from search_spaces import ArchConfig
 
 from ._config import VlmnasConfig
 from ._front import front_of, hypervolume_history, state_of
@@ -89,22 +91,60 @@ def publish(
     out = cfg.study_dir
     plots = write_plots(out / "plots", plot_trials, objectives, history, imp)
 
+    profiles = [p.name for p in cfg.profiles]
+    schemes = [f"{p}/scheme" for p in profiles]
+    chosen = ["fusion", "image_tokens", "lm", "vision", *schemes]
+
+    def choices(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        """What a front member is, as plain text for the table: from the architecture in
+        its config.yaml (what was built and trained), empty if the folder is gone."""
+        config = Path(str(t.user_attrs.get("trial_dir", ""))) / "config.yaml"
+        if not config.is_file():
+            return {}
+        arch = ArchConfig.from_dict(yaml.safe_load(config.read_text())["arch"])
+        f, v = arch.fusion, arch.vision
+        fusion = [f.placement]
+        if f.cross:
+            layers = ", ".join(map(str, f.xattn_layers))
+            pattern = t.params.get("fusion.xattn_layers")
+            fusion.append(f"gating {f.gating}")
+            fusion.append(f"xattn layers {layers}" + (f" ({pattern})" if pattern else ""))
+        if f.early and f.share_ratio != 1.0:
+            fusion.append(f"share ratio {f.share_ratio:g}")
+        if f.early and f.image_attention != "full":
+            fusion.append(
+                f.image_attention
+                + (f" from layer {f.text_only_from}" if f.image_attention == "text_only" else "")
+            )
+        return {
+            "fusion": ", ".join(fusion),
+            "image_tokens": arch.image_tokens,
+            "lm": f"{arch.lm.depth} x {arch.lm.width}",
+            "vision": f"{v.depth} x {v.width}"
+            + (f", {v.pooling} pooling" if v.pooling != "none" else ""),
+            **{f"{p}/scheme": arch.quant_for(p) for p in profiles},
+        }
+
     by_number = {t.number: t for t in trials}
     rows = []
     for number in front:
         record = _metrics(by_number[number])
+        folder = by_number[number].user_attrs.get("trial_dir")
         rows.append(
             {
                 "trial": number,
                 **{k: v for k, v in record["metrics"].items()},
+                **choices(by_number[number]),
                 "arch_id": by_number[number].user_attrs.get("arch_id", ""),
                 **{k: v for k, v in record["info"].items() if k.endswith("/latency_source")},
+                # relative to report.html and pareto.csv, which sit in the study folder
+                "trial_dir": Path(os.path.relpath(folder, out)).as_posix() + "/" if folder else "",
             }
         )
-    columns = ["trial", *names]
+    columns = ["trial", *names, *chosen]
     columns += sorted({k for r in rows for k in r} - set(columns))
     csv_path = out / "pareto.csv"
-    tmp = csv_path.with_name(".pareto.csv.tmp")
+    tmp = csv_path.with_name(f".pareto.csv.{os.getpid()}.tmp")
     with tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
@@ -125,14 +165,31 @@ def publish(
         "front size": len(front),
         "final hypervolume": history[-1][1] if history else 0.0,
     }
-    short = ["trial", *names, *[c for c in columns if c.endswith("/latency_source")]]
+    short = [
+        "trial",
+        *names,
+        *chosen,
+        *[c for c in columns if c.endswith("/latency_source")],
+        "trial_dir",
+    ]
+    titles = {
+        "image_tokens": "image tokens",
+        "lm": "LM (depth x width)",
+        "vision": "vision (depth x width)",
+        "trial_dir": "folder",
+        **{f"{p}/scheme": f"{p} quantization" for p in profiles},
+    }
     report = write_report(
         out / "report.html",
         title=f"vlmnas study {cfg.study.name}",
         facts=facts,
         front_columns=short,
-        front_rows=rows,
+        front_rows=[
+            {**r, "trial_dir": Link(r["trial_dir"], r["trial_dir"])} if r["trial_dir"] else r
+            for r in rows
+        ],
         plots=figure_divs(plot_trials, objectives, history, imp),
+        column_titles=titles,
     )
 
     if tracker is not None and parent_run is not None:

@@ -209,7 +209,9 @@ def encode_eval(
 ) -> EncodedVQA:
     """One row per answer: the conversation so far as prompt, the answer as reference."""
     pixels, masks = _tiles(records, arch, images)
-    rows, prompts, answers = [], [], []
+    rows: list[int] = []
+    prompts: list[list[int]] = []
+    answers: list[list[int]] = []
     for i, r in enumerate(records):
         history: list[int] = []
         for q, a in r.turns:
@@ -221,9 +223,9 @@ def encode_eval(
             history = prompt + answer + [tok.eos_id]
     prompt_ids = np.full((len(rows), text_len), tok.pad_id, dtype=np.int64)
     answer_ids = np.full((len(rows), max(len(a) for a in answers)), -1, dtype=np.int64)
-    for j, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-        prompt_ids[j, : len(p)] = p
-        answer_ids[j, : len(a)] = a
+    for j, (ids, ans) in enumerate(zip(prompts, answers, strict=True)):
+        prompt_ids[j, : len(ids)] = ids
+        answer_ids[j, : len(ans)] = ans
     index = np.asarray(rows)
     return EncodedVQA(
         pixel_values=pixels[index],

@@ -34,8 +34,8 @@ from _common import run_search  # noqa: E402  (bench/ is the script's folder)
 
 from dashboards import tracking_uri_for  # noqa: E402
 from hardware_profiles._report import cpu_description  # noqa: E402
-from studies._pareto import hypervolume, pareto_front  # noqa: E402
-from studies._search import feasible_complete  # noqa: E402
+from studies import load_config  # noqa: E402
+from studies._front import front_of, state_of  # noqa: E402
 
 VARIANTS = {
     "both": ["study.asha.enabled=true"],
@@ -103,16 +103,14 @@ def _summary(workdir: Path) -> dict[str, float]:
         steps = sum(m.step >= 1 for m in history)
         epochs += steps
         trained += steps > 0
-    feasible = feasible_complete(trials)
-    values = [t.values for t in feasible]
-    front = pareto_front(values, ["maximize", "minimize"])
+    front = front_of(trials, load_config(["study=edge_cpu"]).study.objectives)
     # Reference: no accuracy, latency at the edge_cpu budget (cpu/latency_p95_ms <= 1.0).
-    hv = hypervolume([values[i] for i in front], ["maximize", "minimize"], [0.0, 1.0])
+    hv = front.hypervolume([0.0, 1.0])
     return {
         "trials": len(trials),
         "trained": trained,
         "epochs": epochs,
-        "infeasible": sum(bool(t.user_attrs.get("infeasible")) for t in trials),
+        "infeasible": sum(state_of(t) == "infeasible" for t in trials),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
         "front": len(front),
         "hypervolume": hv,

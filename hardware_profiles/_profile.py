@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self
 
 import yaml
+from pydantic import Field, field_validator, model_validator
+from pydantic.dataclasses import dataclass
+
+from common import CONFIG, checked, choices
 
 CONF_DIR = Path(__file__).parent / "conf" / "hardware"
-RUNTIMES = ("onnxruntime", "torch")
-LATENCY_SOURCES = ("measured", "estimated")
+Runtime = Literal["onnxruntime", "torch"]
+LatencySource = Literal["measured", "estimated"]
+Device = Literal["cpu", "cuda"]
 # Quantization schemes by runtime. ONNX Runtime: the CPU schemes, and the QDQ schemes
 # of the Hexagon NPU (w8a8: uint8 weights and activations; w8a16: uint16 activations).
 # torch: the dtypes a GPU serves in.
-ORT_SCHEMES = ("fp32", "int8_dynamic", "int8_static", "int4_weight_only", "w8a8", "w8a16")
-NPU_SCHEMES = ("w8a8", "w8a16")
-TORCH_SCHEMES = ("fp32", "fp16", "bf16")
-SCHEMES = ORT_SCHEMES + TORCH_SCHEMES[1:]
-DEVICES = ("cpu", "cuda")
-COST_MODEL_KEYS = (
+CpuScheme = Literal["fp32", "int8_dynamic", "int8_static", "int4_weight_only"]
+NpuScheme = Literal["w8a8", "w8a16"]
+OrtScheme = Literal[CpuScheme, NpuScheme]
+TorchScheme = Literal["fp32", "fp16", "bf16"]
+Scheme = Literal[OrtScheme, TorchScheme]
+ORT_SCHEMES: tuple[str, ...] = choices(OrtScheme)
+# Parameters of the analytic NPU latency model (hardware_profiles/_cost.py documents each).
+CostKey = Literal[
     "peak_int8_tops",
     "efficiency",
     "a16_slowdown",
@@ -29,14 +34,18 @@ COST_MODEL_KEYS = (
     "op_overhead_us",
     "fallback_gflops",
     "fallback_sync_us",
-)
+]
+COST_MODEL_KEYS: tuple[str, ...] = choices(CostKey)
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
 
 
 class ProfileError(ValueError):
     """A profile that is malformed or whose runtime is missing on this machine."""
 
 
-@dataclass(frozen=True)
+@checked(ProfileError, where=lambda kwargs: f"hardware.{kwargs.get('name', '?')}")
+@dataclass(frozen=True, config=CONFIG)
 class HardwareProfile:
     """One deployment target.
 
@@ -46,31 +55,34 @@ class HardwareProfile:
     """
 
     name: str
-    runtime: str = "onnxruntime"  # onnxruntime | torch
+    runtime: Runtime = "onnxruntime"
     execution_provider: str = "CPUExecutionProvider"
+    # A mapping in YAML; held as sorted (key, value) pairs so that the profile stays hashable.
     provider_options: tuple[tuple[str, str], ...] = ()
     # A plugin execution provider's Python package (onnxruntime_qnn), registered with
     # onnxruntime.register_execution_provider_library before the first session.
     ep_library: str = ""
-    device: str = "cpu"  # torch runtime: cpu | cuda
+    device: Device = "cpu"  # where the torch runtime runs
     static_shapes: bool = False  # export with a fixed batch (NPUs compile static graphs)
-    threads: int = 1
-    batch: int = 1
-    quant_schemes: tuple[str, ...] = ("fp32",)
-    latency_source: str = "measured"
-    warmup: int = 10
-    repeats: int = 50  # timed runs per attempt, at least
-    min_time_s: float = 1.0  # and at least this long
-    max_cv: float = 0.05  # re-measure while the coefficient of variation is above this
-    max_attempts: int = 3
-    eval_batch: int = 64  # rows per run when measuring accuracy on the runtime
-    calibration_images: int = 16  # training images whose questions calibrate static quantization
+    threads: Positive = 1
+    batch: Positive = 1
+    quant_schemes: Annotated[tuple[Scheme, ...], Field(min_length=1)] = ("fp32",)
+    latency_source: LatencySource = "measured"
+    warmup: NonNegative = 10
+    repeats: Positive = 50  # timed runs per attempt, at least
+    min_time_s: Annotated[float, Field(ge=0.0)] = 1.0  # and at least this long
+    # re-measure while the coefficient of variation is above this
+    max_cv: Annotated[float, Field(ge=0.0)] = 0.05
+    max_attempts: Positive = 3
+    eval_batch: Positive = 64  # rows per run when measuring accuracy on the runtime
+    # training images whose questions calibrate static quantization
+    calibration_images: Positive = 16
     # Validation rows scored on this runtime: 0 = all. An emulated NPU runs ~1 s per
     # forward pass, so it scores a stated subset and reports a 95% confidence interval.
-    validation_subset: int = 0
+    validation_subset: NonNegative = 0
     # Parameters of the analytic latency model used when latency_source is "estimated"
-    # (hardware_profiles/_cost.py documents each).
-    cost_model: tuple[tuple[str, float], ...] = ()
+    # (a mapping in YAML, held as sorted pairs).
+    cost_model: tuple[tuple[CostKey, float], ...] = ()
 
     @property
     def is_npu(self) -> bool:
@@ -80,83 +92,62 @@ class HardwareProfile:
     def cost_params(self) -> dict[str, float]:
         return dict(self.cost_model)
 
-    def __post_init__(self) -> None:
+    @field_validator("provider_options", mode="before")
+    @classmethod
+    def _sorted_options(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return tuple(sorted((str(k), str(v)) for k, v in value.items()))
+        return value
+
+    @field_validator("cost_model", mode="before")
+    @classmethod
+    def _sorted_costs(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        unknown = sorted(set(map(str, value)) - set(COST_MODEL_KEYS))
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}; allowed {list(COST_MODEL_KEYS)}")
+        try:
+            return tuple(sorted((str(k), float(v)) for k, v in value.items()))
+        except (TypeError, ValueError):
+            raise ValueError("must be a mapping of numbers") from None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
         where = f"hardware.{self.name}"
-        if self.runtime not in RUNTIMES:
-            raise ProfileError(f"{where}.runtime={self.runtime!r}; allowed {list(RUNTIMES)}")
-        if self.device not in DEVICES:
-            raise ProfileError(f"{where}.device={self.device!r}; allowed {list(DEVICES)}")
-        if self.latency_source not in LATENCY_SOURCES:
-            raise ProfileError(
-                f"{where}.latency_source={self.latency_source!r}; allowed {list(LATENCY_SOURCES)}"
-            )
-        if not self.quant_schemes:
-            raise ProfileError(f"{where}.quant_schemes is empty; allowed values {list(SCHEMES)}")
         legal = self.legal_schemes
         for scheme in self.quant_schemes:
             if scheme not in legal:
-                raise ProfileError(
+                raise ValueError(
                     f"{where}.quant_schemes has {scheme!r}; allowed on this profile {list(legal)}"
                 )
         if self.latency_source == "estimated":
             missing = [k for k in COST_MODEL_KEYS if k not in self.cost_params]
             if missing:
-                raise ProfileError(
+                raise ValueError(
                     f"{where}.cost_model lacks {missing}: latency_source=estimated needs"
                     f" all of {list(COST_MODEL_KEYS)}"
                 )
-        unknown = sorted(set(self.cost_params) - set(COST_MODEL_KEYS))
-        if unknown:
-            raise ProfileError(
-                f"{where}.cost_model has unknown keys {unknown}; allowed {list(COST_MODEL_KEYS)}"
-            )
-        if self.validation_subset < 0:
-            raise ProfileError(f"{where}.validation_subset={self.validation_subset}: must be >= 0")
-        for key in (
-            "threads",
-            "batch",
-            "repeats",
-            "max_attempts",
-            "eval_batch",
-            "calibration_images",
-        ):
-            if getattr(self, key) < 1:
-                raise ProfileError(f"{where}.{key}={getattr(self, key)}: must be >= 1")
+        return self
 
     @property
     def legal_schemes(self) -> tuple[str, ...]:
         if self.runtime == "torch":
-            return TORCH_SCHEMES
+            return choices(TorchScheme)
         if self.is_npu:
-            return NPU_SCHEMES  # the HTP runs QDQ models only
-        return tuple(s for s in ORT_SCHEMES if s not in NPU_SCHEMES)
+            return choices(NpuScheme)  # the HTP runs QDQ models only
+        return choices(CpuScheme)
 
     @classmethod
-    def from_mapping(cls, name: str, data: Mapping[str, Any]) -> HardwareProfile:
-        fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
-        unknown = sorted(set(data) - fields)
-        if unknown:
-            raise ProfileError(f"hardware.{name}: unknown keys {unknown}; allowed {sorted(fields)}")
-        kwargs = dict(data)
-        if "provider_options" in kwargs:
-            kwargs["provider_options"] = tuple(
-                sorted((str(k), str(v)) for k, v in kwargs["provider_options"].items())
+    def from_mapping(cls, name: str, data: Any) -> HardwareProfile:
+        """The profile `name` from its YAML mapping; raises `ProfileError`."""
+        if not isinstance(data, Mapping):
+            raise ProfileError(f"hardware.{name}={data!r}: must be a mapping of settings")
+        if "name" in data:
+            raise ProfileError(
+                f"hardware.{name}.name: the name is the profile's key, not a setting"
             )
-        if "cost_model" in kwargs:
-            try:
-                kwargs["cost_model"] = tuple(
-                    sorted((str(k), float(v)) for k, v in kwargs["cost_model"].items())
-                )
-            except (AttributeError, TypeError, ValueError):
-                raise ProfileError(
-                    f"hardware.{name}.cost_model={kwargs['cost_model']!r}: a mapping of numbers"
-                ) from None
-        if "quant_schemes" in kwargs:
-            kwargs["quant_schemes"] = tuple(kwargs["quant_schemes"])
-        try:
-            return cls(name=name, **kwargs)
-        except TypeError as exc:
-            raise ProfileError(f"hardware.{name}: {exc}") from None
+        return cls(name=name, **{str(k): v for k, v in data.items()})
 
     @classmethod
     def load(cls, name: str) -> HardwareProfile:

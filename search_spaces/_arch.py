@@ -5,17 +5,32 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import field
+from typing import Annotated, Any, Literal, Self, TypeVar
 
-PLACEMENTS = ("early", "cross_attention", "hybrid")
-GATINGS = ("none", "tanh", "channel", "token")
-IMAGE_ATTENTION = ("full", "image_no_text", "text_only")
-XATTN_PATTERNS = ("all", "every_2nd", "lower_half", "upper_half")
-FEATURE_LAYERS = ("last", "second_last")
-POOLINGS = ("none", "avg2x2")
-ACTIVATIONS = ("gelu", "gelu_tanh")
-POS_ENCODINGS = ("learnable", "sincos_2d")
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass
+
+from common import CONFIG, allowed_text, checked, choices
+
+_C = TypeVar("_C")
+
+# Closed choice sets: `choices(Placement)` gives the values for messages and sampling.
+Placement = Literal["early", "cross_attention", "hybrid"]
+Gating = Literal["none", "tanh", "channel", "token"]
+ImageAttention = Literal["full", "image_no_text", "text_only"]
+# The search space names the cross-attention layers by pattern; `xattn_layer_set` turns
+# a pattern into the layer indices an `ArchConfig` holds.
+XattnPattern = Literal["all", "every_2nd", "lower_half", "upper_half"]
+FeatureLayer = Literal["last", "second_last"]
+Pooling = Literal["none", "avg2x2"]
+Activation = Literal["gelu", "gelu_tanh"]
+PosEncoding = Literal["learnable", "sincos_2d"]
+Positive = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+_INVALID = "invalid ArchConfig: "
 
 
 def xattn_layer_set(pattern: str, depth: int) -> tuple[int, ...]:
@@ -28,10 +43,13 @@ def xattn_layer_set(pattern: str, depth: int) -> tuple[int, ...]:
         return tuple(range((depth + 1) // 2))
     if pattern == "upper_half":
         return tuple(range(depth // 2, depth))
-    raise ValueError(f"xattn_layers pattern {pattern!r}; allowed {list(XATTN_PATTERNS)}")
+    raise ValueError(
+        f"xattn_layers pattern {pattern!r}; allowed {allowed_text(choices(XattnPattern))}"
+    )
 
 
-@dataclass(frozen=True)
+@checked(ValueError, where="vision", intro=_INVALID)
+@dataclass(frozen=True, config=CONFIG)
 class VisionTowerConfig:
     """A ViT over square tiles: patch embedding, then `depth` encoder layers.
 
@@ -40,18 +58,35 @@ class VisionTowerConfig:
     visual tokens per tile.
     """
 
-    depth: int = 2
-    width: int = 64
-    heads: int = 4
-    mlp_ratio: int = 2
-    patch_size: int = 8
-    tile_size: int = 32
-    feature_layer: str = "last"
-    pooling: str = "none"
+    depth: Positive = 2
+    width: Positive = 64
+    heads: Positive = 4
+    mlp_ratio: Positive = 2
+    patch_size: Positive = 8
+    tile_size: Positive = 32
+    feature_layer: FeatureLayer = "last"
+    pooling: Pooling = "none"
     # Image-token positions: `learnable` (a trained table over the tile's patch grid) or
     # `sincos_2d` (fixed 2D sinusoidal over the patch's row and column, plus a fixed
     # sinusoidal code of the tile's slot, so that AnyRes tiles keep their place).
-    pos_encoding: str = "learnable"
+    pos_encoding: PosEncoding = "learnable"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = _heads_problems("vision", self.width, self.heads)
+        if self.tile_size % self.patch_size:
+            problems.append(
+                f"vision.patch_size={self.patch_size} does not divide"
+                f" vision.tile_size={self.tile_size}"
+            )
+        elif self.pooling == "avg2x2" and (self.tile_size // self.patch_size) % 2:
+            problems.append(
+                "vision.pooling=avg2x2 needs an even patch grid,"
+                f" got {self.tile_size // self.patch_size}"
+            )
+        if self.feature_layer == "second_last" and self.depth < 2:
+            problems.append("vision.feature_layer=second_last needs vision.depth >= 2")
+        return _raise_any(self, problems)
 
     @property
     def patches_per_tile(self) -> int:
@@ -67,17 +102,23 @@ class VisionTowerConfig:
         return self.depth - (1 if self.feature_layer == "second_last" else 0)
 
 
-@dataclass(frozen=True)
+@checked(ValueError, where="lm", intro=_INVALID)
+@dataclass(frozen=True, config=CONFIG)
 class LanguageModelConfig:
     """A causal decoder over the text sequence with image tokens spliced in."""
 
-    depth: int = 2
-    width: int = 96
-    heads: int = 4
-    mlp_ratio: int = 2
+    depth: Positive = 2
+    width: Positive = 96
+    heads: Positive = 4
+    mlp_ratio: Positive = 2
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        return _raise_any(self, _heads_problems("lm", self.width, self.heads))
 
 
-@dataclass(frozen=True)
+@checked(ValueError, where="fusion", intro=_INVALID)
+@dataclass(frozen=True, config=CONFIG)
 class FusionConfig:
     """Where and how image features reach the language model.
 
@@ -95,14 +136,34 @@ class FusionConfig:
     - `share_ratio` (early/hybrid): the fraction of LM feed-forward hidden units that
       image and text tokens share; the rest are modality-specific (1 = vanilla LLaVA,
       0 = a separate visual expert as in CogVLM/VLMo).
+
+    The defaults of the cross-only and early-only fields are their values where they do
+    not apply. Layer indices are checked against `lm.depth` by `ArchConfig`.
     """
 
-    placement: str = "early"
-    xattn_layers: tuple[int, ...] = ()
-    gating: str = "none"
-    image_attention: str = "full"
-    text_only_from: int | None = None
-    share_ratio: float = 1.0
+    placement: Placement = "early"
+    xattn_layers: tuple[Annotated[int, Field(ge=0)], ...] = ()
+    gating: Gating = "none"
+    image_attention: ImageAttention = "full"
+    text_only_from: Positive | None = None
+    share_ratio: Fraction = 1.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = []
+        if self.cross and not self.xattn_layers:
+            problems.append(f"fusion.placement={self.placement!r} needs xattn_layers")
+        if not self.cross and (self.xattn_layers or self.gating != "none"):
+            problems.append("fusion.xattn_layers/gating apply only to cross_attention or hybrid")
+        if len(set(self.xattn_layers)) != len(self.xattn_layers):
+            problems.append(f"fusion.xattn_layers={list(self.xattn_layers)}: repeats a layer")
+        if self.image_attention == "text_only" and self.text_only_from is None:
+            problems.append("fusion.image_attention=text_only needs fusion.text_only_from")
+        if self.image_attention != "text_only" and self.text_only_from is not None:
+            problems.append("fusion.text_only_from applies only to image_attention=text_only")
+        if not self.early and (self.image_attention != "full" or self.share_ratio != 1.0):
+            problems.append("fusion.image_attention/share_ratio apply only to early or hybrid")
+        return _raise_any(self, problems)
 
     @property
     def early(self) -> bool:
@@ -113,7 +174,8 @@ class FusionConfig:
         return self.placement in ("cross_attention", "hybrid")
 
 
-@dataclass(frozen=True)
+@checked(ValueError, where="recipe", intro=_INVALID)
+@dataclass(frozen=True, config=CONFIG)
 class RecipeConfig:
     """How a candidate is trained, where a study searches or fixes it (the recipes of
     the LLaVA-NeXT article; `trainers/_fit.py` carries them out). The defaults are plain
@@ -131,31 +193,25 @@ class RecipeConfig:
       image-text cosine similarity is below this (-1 = keep all; needs align_epochs).
     """
 
-    align_epochs: int = 0
-    distill_weight: float = 0.0
-    distill_temperature: float = 2.0
+    align_epochs: Annotated[int, Field(ge=0)] = 0
+    distill_weight: Fraction = 0.0
+    distill_temperature: Annotated[float, Field(gt=0.0)] = 2.0
     augment: bool = False
-    filter_threshold: float = -1.0
+    filter_threshold: Annotated[float, Field(ge=-1.0, le=1.0)] = -1.0
 
-    def problems(self) -> list[str]:
-        out = []
-        if self.align_epochs < 0:
-            out.append(f"recipe.align_epochs={self.align_epochs}: must be >= 0")
-        if not 0.0 <= self.distill_weight <= 1.0:
-            out.append(f"recipe.distill_weight={self.distill_weight}: must be in [0, 1]")
-        if not self.distill_temperature > 0:
-            out.append(f"recipe.distill_temperature={self.distill_temperature}: must be > 0")
-        if not -1.0 <= self.filter_threshold <= 1.0:
-            out.append(f"recipe.filter_threshold={self.filter_threshold}: must be in [-1, 1]")
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = []
         if self.filter_threshold > -1.0 and self.align_epochs == 0:
-            out.append(
+            problems.append(
                 f"recipe.filter_threshold={self.filter_threshold} needs recipe.align_epochs > 0"
                 " (the similarity comes from the stage-1 aligned model)"
             )
-        return out
+        return _raise_any(self, problems)
 
 
-@dataclass(frozen=True)
+@checked(ValueError, intro=_INVALID)
+@dataclass(frozen=True, config=CONFIG)
 class ArchConfig:
     """Everything that defines a candidate.
 
@@ -169,89 +225,35 @@ class ArchConfig:
 
     vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
     lm: LanguageModelConfig = field(default_factory=LanguageModelConfig)
-    grid_pinpoints: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 1), (2, 2))
-    projector_depth: int = 2
+    grid_pinpoints: Annotated[tuple[tuple[Positive, Positive], ...], Field(min_length=1)] = (
+        (1, 1),
+        (1, 2),
+        (2, 1),
+        (2, 2),
+    )
+    projector_depth: Literal[1, 2] = 2  # 1 = linear (LLaVA-1), 2 = MLP (LLaVA-1.5/NeXT)
     # Feed-forward and projector activation. An exact GELU exports as Erf, which the
     # Hexagon NPU cannot run; gelu_tanh can. Part of the search for NPU targets.
-    activation: str = "gelu"
+    activation: Activation = "gelu"
     fusion: FusionConfig = field(default_factory=FusionConfig)
     quant: tuple[tuple[str, str], ...] = ()
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
-    def __post_init__(self) -> None:
-        problems = []
-        for tower in ("vision", "lm"):
-            cfg = getattr(self, tower)
-            if cfg.width % cfg.heads:
-                problems.append(
-                    f"{tower}.heads={cfg.heads} does not divide {tower}.width={cfg.width}"
-                )
-            if cfg.depth < 1:
-                problems.append(f"{tower}.depth={cfg.depth}: must be >= 1")
-        if self.vision.tile_size % self.vision.patch_size:
-            problems.append(
-                f"vision.patch_size={self.vision.patch_size} does not divide "
-                f"vision.tile_size={self.vision.tile_size}"
-            )
-        if not self.grid_pinpoints or any(r < 1 or c < 1 for r, c in self.grid_pinpoints):
-            problems.append(
-                f"grid_pinpoints={self.grid_pinpoints}: need >= 1 grid of rows, cols >= 1"
-            )
-        if self.activation not in ACTIVATIONS:
-            problems.append(f"activation={self.activation!r}: allowed {list(ACTIVATIONS)}")
-        if self.projector_depth not in (1, 2):
-            problems.append(f"projector_depth={self.projector_depth}: allowed 1 or 2")
-        problems += self._fusion_problems()
-        problems += self.recipe.problems()
-        v = self.vision
-        for key, value, allowed in (
-            ("vision.feature_layer", v.feature_layer, FEATURE_LAYERS),
-            ("vision.pooling", v.pooling, POOLINGS),
-            ("vision.pos_encoding", v.pos_encoding, POS_ENCODINGS),
-        ):
-            if value not in allowed:
-                problems.append(f"{key}={value!r}: allowed {list(allowed)}")
-        if v.feature_layer == "second_last" and v.depth < 2:
-            problems.append("vision.feature_layer=second_last needs vision.depth >= 2")
-        if v.pooling == "avg2x2" and (v.tile_size // v.patch_size) % 2:
-            problems.append(
-                f"vision.pooling=avg2x2 needs an even patch grid, got {v.tile_size // v.patch_size}"
-            )
-        if problems:
-            raise ValueError("invalid ArchConfig: " + "; ".join(problems))
-
-    def _fusion_problems(self) -> list[str]:
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
         f, depth = self.fusion, self.lm.depth
         problems = []
-        for key, value, allowed in (
-            ("fusion.placement", f.placement, PLACEMENTS),
-            ("fusion.gating", f.gating, GATINGS),
-            ("fusion.image_attention", f.image_attention, IMAGE_ATTENTION),
-        ):
-            if value not in allowed:
-                problems.append(f"{key}={value!r}: allowed {list(allowed)}")
-        if f.cross and not f.xattn_layers:
-            problems.append(f"fusion.placement={f.placement!r} needs xattn_layers")
-        if not f.cross and (f.xattn_layers or f.gating != "none"):
-            problems.append("fusion.xattn_layers/gating apply only to cross_attention or hybrid")
-        if any(not 0 <= i < depth for i in f.xattn_layers) or len(set(f.xattn_layers)) != len(
-            f.xattn_layers
-        ):
+        if any(i >= depth for i in f.xattn_layers):
             problems.append(
-                f"fusion.xattn_layers={list(f.xattn_layers)}: distinct indices in [0, {depth - 1}] (lm.depth={depth})"
+                f"fusion.xattn_layers={list(f.xattn_layers)}: indices must be in"
+                f" [0, {depth - 1}] (lm.depth={depth})"
             )
-        if f.image_attention == "text_only":
-            if f.text_only_from is None or not 1 <= f.text_only_from < depth:
-                problems.append(
-                    f"fusion.text_only_from={f.text_only_from}: must be in [1, {depth - 1}] (lm.depth={depth})"
-                )
-        elif f.text_only_from is not None:
-            problems.append("fusion.text_only_from applies only to image_attention=text_only")
-        if not f.early and (f.image_attention != "full" or f.share_ratio != 1.0):
-            problems.append("fusion.image_attention/share_ratio apply only to early or hybrid")
-        if not 0.0 <= f.share_ratio <= 1.0:
-            problems.append(f"fusion.share_ratio={f.share_ratio}: must be in [0, 1]")
-        return problems
+        if f.text_only_from is not None and f.text_only_from >= depth:
+            problems.append(
+                f"fusion.text_only_from={f.text_only_from}: must be in [1, {depth - 1}]"
+                f" (lm.depth={depth})"
+            )
+        return _raise_any(self, problems)
 
     @property
     def max_tiles(self) -> int:
@@ -271,33 +273,12 @@ class ArchConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ArchConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ArchConfig keys {unknown}; allowed {sorted(known)}")
+    def from_dict(cls, data: Mapping[str, Any]) -> ArchConfig:
+        """The inverse of `to_dict`; `quant` may also be a mapping profile -> scheme."""
         kwargs = dict(data)
-        if "vision" in kwargs:
-            kwargs["vision"] = VisionTowerConfig(**kwargs["vision"])
-        if "lm" in kwargs:
-            kwargs["lm"] = LanguageModelConfig(**kwargs["lm"])
-        if "fusion" in kwargs:
-            fusion = dict(kwargs["fusion"])
-            fusion["xattn_layers"] = tuple(fusion.get("xattn_layers", ()))
-            if "share_ratio" in fusion:
-                fusion["share_ratio"] = float(fusion["share_ratio"])
-            kwargs["fusion"] = FusionConfig(**fusion)
-        if "grid_pinpoints" in kwargs:
-            kwargs["grid_pinpoints"] = tuple(tuple(g) for g in kwargs["grid_pinpoints"])
-        if "recipe" in kwargs:
-            recipe = dict(kwargs["recipe"])
-            for key in ("distill_weight", "distill_temperature", "filter_threshold"):
-                if key in recipe:
-                    recipe[key] = float(recipe[key])
-            kwargs["recipe"] = RecipeConfig(**recipe)
         if "quant" in kwargs:
             q = kwargs["quant"]
-            items = q.items() if isinstance(q, dict) else q
+            items = q.items() if isinstance(q, Mapping) else q
             kwargs["quant"] = tuple(sorted((str(p), str(s)) for p, s in items))
         return cls(**kwargs)
 
@@ -323,6 +304,18 @@ class ArchConfig:
         d.pop("quant")
         d.pop("recipe")
         return _hash(d)
+
+
+def _heads_problems(tower: str, width: int, heads: int) -> list[str]:
+    if width % heads:
+        return [f"{tower}.heads={heads} does not divide {tower}.width={width}"]
+    return []
+
+
+def _raise_any(config: _C, problems: list[str]) -> _C:
+    if problems:
+        raise ValueError("; ".join(problems))
+    return config
 
 
 def _hash(data: dict[str, Any]) -> str:

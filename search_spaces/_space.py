@@ -1,8 +1,10 @@
 """`SearchSpace`: which `ArchConfig`s a study may propose, read from a YAML file.
 
 The YAML mirrors `ArchConfig`: every leaf is a list of choices (a one-element list fixes
-the value); `grid_pinpoints` maps a name to a list of [rows, cols] grids, so samplers see
-a categorical over names. Sampling is define-by-run on an Optuna trial; parameter names
+the value). Each choice is checked against the annotation of the `ArchConfig` field it
+sets (its `Literal` values, its bounds), so the space and the config cannot disagree.
+`grid_pinpoints` maps a name to a list of [rows, cols] grids, so samplers see a
+categorical over names. Sampling is define-by-run on an Optuna trial; parameter names
 are the dotted paths (`lm.width`, `fusion.gating`), plus `quant.<profile>` per profile.
 
 Conditional parameters are sampled only where they apply, always under the same name and
@@ -19,82 +21,74 @@ says which).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic.dataclasses import is_pydantic_dataclass
+from pydantic.fields import FieldInfo
 
-from ._arch import (
-    ACTIVATIONS,
-    FEATURE_LAYERS,
-    GATINGS,
-    IMAGE_ATTENTION,
-    PLACEMENTS,
-    POOLINGS,
-    POS_ENCODINGS,
-    XATTN_PATTERNS,
-    ArchConfig,
-    FusionConfig,
-    LanguageModelConfig,
-    RecipeConfig,
-    VisionTowerConfig,
-    xattn_layer_set,
-)
+from common import field_infos, problems
+
+from ._arch import ArchConfig, XattnPattern, xattn_layer_set
 
 CONF_DIR = Path(__file__).parent / "conf" / "search_space"
 
-# Leaves of the YAML: element type, and the allowed values where the set is closed.
-_LEAVES: dict[str, tuple[type, tuple[Any, ...] | None]] = {
-    "vision.depth": (int, None),
-    "vision.width": (int, None),
-    "vision.heads": (int, None),
-    "vision.mlp_ratio": (int, None),
-    "vision.patch_size": (int, None),
-    "vision.tile_size": (int, None),
-    "vision.feature_layer": (str, FEATURE_LAYERS),
-    "vision.pooling": (str, POOLINGS),
-    "vision.pos_encoding": (str, POS_ENCODINGS),
-    "lm.depth": (int, None),
-    "lm.width": (int, None),
-    "lm.heads": (int, None),
-    "lm.mlp_ratio": (int, None),
-    "projector_depth": (int, (1, 2)),
-    "activation": (str, ACTIVATIONS),
-    "fusion.placement": (str, PLACEMENTS),
-    "fusion.xattn_layers": (str, XATTN_PATTERNS),
-    "fusion.gating": (str, GATINGS),
-    "fusion.image_attention": (str, IMAGE_ATTENTION),
-    "fusion.text_only_from": (int, None),
-    "fusion.share_ratio": (float, None),
-    "recipe.align_epochs": (int, None),
-    "recipe.distill_weight": (float, None),
-    "recipe.distill_temperature": (float, None),
-    "recipe.augment": (bool, None),
-    "recipe.filter_threshold": (float, None),
-}
-# Leaves added after the first release: a space that leaves them out fixes them here.
-_OPTIONAL: dict[str, tuple[Any, ...]] = {
-    "vision.pos_encoding": ("learnable",),
-    "recipe.align_epochs": (0,),
-    "recipe.distill_weight": (0.0,),
-    "recipe.distill_temperature": (2.0,),
-    "recipe.augment": (False,),
-    "recipe.filter_threshold": (-1.0,),
-}
-_ZERO_OK = ("recipe.align_epochs",)  # int leaves where 0 (off) is a valid choice
-_SECTIONS = ("vision", "lm", "fusion", "recipe")
+# The ArchConfig fields that are not lists of choices: grid_pinpoints are named sets
+# (below), quant is sampled per profile from the profile's schemes.
+_NOT_LEAVES = ("grid_pinpoints", "quant")
+# Where the space's choices differ from the field's values: the space names the
+# cross-attention layers by pattern, the ArchConfig holds the indices (xattn_layer_set).
+_CHOICE_TYPES: dict[str, Any] = {"fusion.xattn_layers": XattnPattern}
+# Leaves added after the first release: a space that leaves them out fixes them at the
+# field's default.
+_ADDED_LATER = (
+    "vision.pos_encoding",
+    *(f"recipe.{f.name}" for f in dataclasses.fields(ArchConfig().recipe)),
+)
 _CROSS_ONLY = ("fusion.xattn_layers", "fusion.gating")
 _EARLY_ONLY = ("fusion.image_attention", "fusion.share_ratio")
 _CONDITIONAL = (*_CROSS_ONLY, *_EARLY_ONLY, "fusion.text_only_from")
-# Values the conditional parameters take where they do not apply.
-_NOT_APPLICABLE = {
-    "fusion.xattn_layers": None,
-    "fusion.gating": "none",
-    "fusion.image_attention": "full",
-    "fusion.share_ratio": 1.0,
-    "fusion.text_only_from": None,
+# Choices are checked strictly: YAML's 3 is not "3", and true is not 1.
+_STRICT = ConfigDict(strict=True)
+
+
+def _leaf_types() -> dict[str, Any]:
+    """Dotted leaf -> the annotation (choices, bounds) of the ArchConfig field it sets."""
+    out: dict[str, Any] = {}
+
+    def leaf(info: FieldInfo) -> Any:
+        annotation = info.annotation
+        # A choice is a value, never the "not set" None of an optional field.
+        args = getattr(annotation, "__args__", ())
+        if type(None) in args:
+            (annotation,) = [a for a in args if a is not type(None)]
+        return Annotated[(annotation, *info.metadata)] if info.metadata else annotation
+
+    for name, info in field_infos(ArchConfig).items():
+        if name in _NOT_LEAVES:
+            continue
+        section = info.annotation
+        if isinstance(section, type) and is_pydantic_dataclass(section):
+            for sub, sub_info in field_infos(section).items():
+                out[f"{name}.{sub}"] = leaf(sub_info)
+        else:
+            out[name] = leaf(info)
+    return {**out, **_CHOICE_TYPES}
+
+
+_LEAVES = _leaf_types()
+_CHECKS = {path: TypeAdapter(annotation, config=_STRICT) for path, annotation in _LEAVES.items()}
+_SECTIONS = tuple(sorted({k.split(".")[0] for k in _LEAVES if "." in k}))
+_DEFAULTS: dict[str, Any] = {
+    f"{section}.{key}": value
+    for section, values in ArchConfig().to_dict().items()
+    if isinstance(values, dict)
+    for key, value in values.items()
 }
 
 
@@ -141,8 +135,8 @@ class SearchSpace:
                     choices[path] = _leaf(where, path, leaf)
             elif key in _LEAVES:
                 choices[key] = _leaf(where, key, value)
-        for key, default in _OPTIONAL.items():
-            choices.setdefault(key, default)
+        for key in _ADDED_LATER:
+            choices.setdefault(key, (_DEFAULTS[key],))
         missing = sorted(set(_LEAVES) - set(choices))
         if missing:
             raise SearchSpaceError(f"{where}: missing keys {missing}; give each a list of choices")
@@ -218,31 +212,22 @@ class SearchSpace:
         return found
 
     def to_arch(self, values: Mapping[str, Any]) -> ArchConfig:
-        """Build the `ArchConfig` for sampled parameter values (as named in `sample`)."""
-        v = {**_NOT_APPLICABLE, **values}
-
-        def section(name: str) -> dict[str, Any]:
-            return {k.split(".")[1]: x for k, x in v.items() if k.startswith(f"{name}.")}
-
-        lm = LanguageModelConfig(**section("lm"))
-        recipe = section("recipe")
-        for key in ("distill_weight", "distill_temperature", "filter_threshold"):
-            if key in recipe:
-                recipe[key] = float(recipe[key])
-        fusion = section("fusion")
-        pattern = fusion.pop("xattn_layers")
-        fusion["xattn_layers"] = xattn_layer_set(pattern, lm.depth) if pattern else ()
-        fusion["share_ratio"] = float(fusion["share_ratio"])
-        return ArchConfig(
-            vision=VisionTowerConfig(**section("vision")),
-            lm=lm,
-            grid_pinpoints=self.pinpoint_sets[v["grid_pinpoints"]],
-            projector_depth=v["projector_depth"],
-            activation=v.get("activation", "gelu"),
-            fusion=FusionConfig(**fusion),
-            quant=tuple(sorted(section("quant").items())),
-            recipe=RecipeConfig(**recipe),
-        )
+        """Build the `ArchConfig` for sampled parameter values (as named in `sample`);
+        conditional parameters left out take the field's default (their value where they
+        do not apply)."""
+        arch: dict[str, Any] = {name: {} for name in (*_SECTIONS, "quant")}
+        for key, value in values.items():
+            section, dot, sub = key.partition(".")
+            if dot:
+                arch.setdefault(section, {})[sub] = value
+            elif key != "grid_pinpoints":
+                arch[key] = value
+        pattern = arch["fusion"].pop("xattn_layers", None)
+        if pattern is not None:
+            depth = arch["lm"].get("depth", _DEFAULTS["lm.depth"])
+            arch["fusion"]["xattn_layers"] = xattn_layer_set(pattern, depth)
+        arch["grid_pinpoints"] = self.pinpoint_sets[values["grid_pinpoints"]]
+        return ArchConfig.from_dict(arch)
 
     def baseline_params(self, quant_schemes: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
         """The baseline as Optuna parameters (first legal scheme per profile); values
@@ -279,7 +264,7 @@ class SearchSpace:
 
     def _complete(self, values: Mapping[str, Any]) -> bool:
         """Every unconditional parameter has a value (later-added ones default)."""
-        needed = {k for k in self.choices if k not in _CONDITIONAL and k not in _OPTIONAL}
+        needed = {k for k in self.choices if k not in _CONDITIONAL and k not in _ADDED_LATER}
         return needed | {"grid_pinpoints"} <= set(values)
 
 
@@ -306,36 +291,24 @@ class _PathTrial:
 
 
 def _leaf(where: str, path: str, value: Any) -> tuple[Any, ...]:
-    kind, allowed = _LEAVES[path]
+    """Check each choice against the ArchConfig field's annotation."""
     if not isinstance(value, list):
         raise SearchSpaceError(f"{where}: {path}={value!r} must be a list of choices")
     if not value:
         raise SearchSpaceError(f"{where}: {path} is an empty choice list; give at least one value")
     out = []
     for v in value:
-        if kind is float and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
-            raise SearchSpaceError(f"{where}: {path} choice {v!r} must be {kind.__name__}")
-        if allowed is not None and v not in allowed:
-            raise SearchSpaceError(
-                f"{where}: {path} choice {v!r} not allowed; allowed {list(allowed)}"
-            )
-        if kind is int and v < (0 if path in _ZERO_OK else 1):
-            raise SearchSpaceError(
-                f"{where}: {path} choice {v} must be >= {0 if path in _ZERO_OK else 1}"
-            )
-        bounds = {
-            "fusion.share_ratio": (0.0, 1.0),
-            "recipe.distill_weight": (0.0, 1.0),
-            "recipe.filter_threshold": (-1.0, 1.0),
-        }
-        if path in bounds and not bounds[path][0] <= v <= bounds[path][1]:
-            low, high = bounds[path]
-            raise SearchSpaceError(f"{where}: {path} choice {v} outside [{low:g}, {high:g}]")
-        if path == "recipe.distill_temperature" and not v > 0:
-            raise SearchSpaceError(f"{where}: {path} choice {v} must be > 0")
-        out.append(v)
+        try:
+            out.append(_CHECKS[path].validate_python(v))
+        except ValidationError as exc:
+            (problem, *_) = problems(exc, _LEAVES[path])
+            if problem.span:
+                rule = f"outside {problem.span}"
+            elif problem.kind == "choice":
+                rule = f"not allowed; {problem.rule}"
+            else:
+                rule = problem.rule
+            raise SearchSpaceError(f"{where}: {path} choice {v!r} {rule}") from None
     if len(set(out)) != len(out):
         raise SearchSpaceError(f"{where}: {path}={value} repeats a choice")
     return tuple(out)

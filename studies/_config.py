@@ -1,40 +1,53 @@
 """Compose the Hydra config and turn every group into a validated, typed value.
 
 Everything a user can get wrong is checked here, before a store is opened or a trial
-starts; each problem is one `ConfigError` line naming the key, the value and what is
-allowed.
+starts. Each group is a pydantic dataclass whose fields state their choices and bounds
+(`common._validation`), with its cross-field rules as its own validators; what spans
+groups (objective metrics against the selected profiles, `export.profile`) is checked
+by `load_config`. Each problem is one `ConfigError` line naming the key with its group,
+the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
+from pydantic import Field, field_validator, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from common import CONFIG, checked, choices
 from hardware_profiles import HardwareProfile, ProfileError
 from search_spaces import SearchSpace, SearchSpaceError
 from trainers import TrainerConfig
-from trainers.data import DataConfig
+from trainers.data import DataConfig, DataError
 
-from ._pareto import DIRECTIONS
-
-SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
+Sampler = Literal["nsga2", "nsga3", "tpe", "gp", "random"]
+SAMPLERS: tuple[str, ...] = choices(Sampler)
+Direction = Literal["maximize", "minimize"]  # studies._pareto.DIRECTIONS
+Policy = Literal["pareto", "knee", "max_accuracy", "min_latency"]  # studies/_export.py
 PROFILE_METRICS = ("accuracy", "latency_p50_ms", "latency_p95_ms", "size_mb")
 GLOBAL_METRICS = ("val_accuracy", "params")
+Positive = Annotated[int, Field(ge=1)]
+_T = TypeVar("_T")
 
 
 # Metrics known before training: measured on the untrained candidate (latency, size and
 # NPU coverage depend on the graph and the scheme, not on weight values).
 CHEAP_SUFFIXES = ("/latency_p50_ms", "/latency_p95_ms", "/size_mb", "/npu_coverage")
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is one line naming the key and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -120,42 +133,52 @@ _GROUP_DIRS = {
 }
 
 
-class ConfigError(ValueError):
-    """A bad config value; the message is one line naming the key and what is allowed."""
-
-
-@dataclass
+@checked(ConfigError, where="objective")
+@pydantic_dataclass(config=CONFIG)
 class Objective:
-    metric: str = "cpu/accuracy"
-    direction: str = "maximize"
+    metric: str = "cpu/accuracy"  # profile/metric or a global metric; checked by load_config
+    direction: Direction = "maximize"
     # Hypervolume reference value; None: 0 when maximizing, twice the baseline trial's
     # value when minimizing.
     reference: float | None = None
 
 
-@dataclass
+@checked(ConfigError, where="study.asha")
+@pydantic_dataclass(config=CONFIG)
 class AshaSpec:
     """Early stopping of weak trials by Ray Tune's ASHA on per-epoch val_accuracy."""
 
     enabled: bool = False
-    grace_period: int = 2  # epochs every trial gets before it can be stopped
-    reduction_factor: int = 3  # keep the top 1/reduction_factor at each rung
+    grace_period: Positive = 2  # epochs every trial gets before it can be stopped
+    # keep the top 1/reduction_factor at each rung
+    reduction_factor: Annotated[int, Field(ge=2)] = 3
 
 
-@dataclass
+@checked(ConfigError, where="study")
+@pydantic_dataclass(config=CONFIG)
 class StudySpec:
     """The `study` config group: what to optimise, how, and where results go."""
 
-    name: str = "quick"
+    name: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+            description="use letters, digits, '_', '-', '.'",
+        ),
+    ] = "quick"
     workdir: str = "runs"
-    n_trials: int = 10
+    n_trials: Positive = 10
     seed: int = 0
-    sampler: str = "nsga2"  # nsga2 | nsga3 | tpe | gp | random
-    population_size: int = 4  # NSGA-II generation size
-    objectives: list[Objective] = field(default_factory=list)
-    max_concurrent: int = 1  # trials at once; 1 keeps latency timing off busy cores
-    cpus_per_trial: int = 2
-    max_consecutive_failures: int = 5  # stop the study after this many failed trials in a row
+    sampler: Sampler = "nsga2"
+    population_size: Annotated[int, Field(ge=2)] = 4  # NSGA-II generation size
+    # Two or more (a multi-objective study); their metrics are checked against the
+    # selected profiles by load_config.
+    objectives: Annotated[list[Objective], Field(min_length=2)] = Field(
+        default_factory=list, validate_default=True
+    )
+    max_concurrent: Positive = 1  # trials at once; 1 keeps latency timing off busy cores
+    cpus_per_trial: Positive = 2
+    max_consecutive_failures: Positive = 5  # stop the study after this many failed trials in a row
     asha: AshaSpec = field(default_factory=AshaSpec)
     # Profiles a search may run without: when one's runtime is missing here (no CUDA
     # device, no onnxruntime-qnn) it is dropped with a message instead of stopping the
@@ -177,23 +200,80 @@ class StudySpec:
     # MLflow: None = SQLite in the workdir; a tracking server URL (http://host:5000) for
     # clusters, where the server also stores the artifacts.
     tracking_uri: str | None = None
+    # Several drivers: each records a heartbeat for its running trials this often
+    # (seconds), so that the others can tell a live trial from a dead driver's.
+    heartbeat_interval: Positive = 10
+    # Seconds: a RUNNING trial whose heartbeat is older than this is taken as dead,
+    # closed as FAIL and rerun. More than heartbeat_interval, so that a late beat of a
+    # live trial is not taken for a dead one.
+    stale_after: Positive = 60
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir_is_a_folder(cls, workdir: str) -> str:
+        path = Path(workdir).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ValueError("exists and is not a directory")
+        return workdir
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, storage: str | None) -> str | None:
+        if storage and not (storage.startswith("journal:") or "://" in storage):
+            raise ValueError(
+                "allowed: empty (SQLite in the workdir), an RDB URL such as"
+                " postgresql://host/db, or journal:/path/to/file"
+            )
+        return storage
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_url(cls, uri: str | None) -> str | None:
+        if uri and "://" not in uri:
+            raise ValueError(
+                "allowed: empty (SQLite in the workdir) or a URL such as http://host:5000"
+            )
+        return uri
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        self.parsed_constraints  # noqa: B018 - raises ConfigError naming a malformed one
+        if self.stale_after <= self.heartbeat_interval:
+            raise ValueError(
+                f"study.stale_after={self.stale_after}: must be >"
+                f" study.heartbeat_interval={self.heartbeat_interval}"
+            )
+        return self
 
     @property
     def parsed_constraints(self) -> list[Constraint]:
         return [Constraint.parse(text) for text in self.constraints]
 
 
-@dataclass
+@checked(ConfigError, where="export")
+@pydantic_dataclass(config=CONFIG)
 class ExportSpec:
     """What `vlmnas export` writes (studies/_export.py documents the policies)."""
 
-    policy: str = "pareto"  # pareto | knee | max_accuracy | min_latency
-    profile: str | None = None  # whose deployed model and metrics; default: the first
-    latency_budget_ms: float | None = None  # max_accuracy: p50 at most this
-    accuracy_floor: float | None = None  # min_latency: accuracy at least this
+    policy: Policy = "pareto"
+    # whose deployed model and metrics; default: the first. Checked by load_config
+    # against the selected profiles.
+    profile: str | None = None
+    latency_budget_ms: Annotated[float, Field(gt=0.0)] | None = None  # max_accuracy: p50 <= this
+    # min_latency: accuracy at least this
+    accuracy_floor: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+
+    @model_validator(mode="after")
+    def _policy_inputs(self) -> Self:
+        if self.policy == "max_accuracy" and self.latency_budget_ms is None:
+            raise ValueError("export.policy=max_accuracy needs export.latency_budget_ms=<ms>")
+        if self.policy == "min_latency" and self.accuracy_floor is None:
+            raise ValueError("export.policy=min_latency needs export.accuracy_floor=<0..1>")
+        return self
 
 
-@dataclass
+@checked(ConfigError, where="ray")
+@pydantic_dataclass(config=CONFIG)
 class RaySpec:
     """Where trials run: None = a local Ray instance started by the driver; "auto" or
     "ray://host:10001" or "host:6379" = an existing cluster."""
@@ -225,8 +305,12 @@ class VlmnasConfig:
         return next(p for p in self.profiles if p.name == name)
 
 
+_GROUPS = ("search_space", "hardware", "data", "trainer", "study", "ray", "export")
+
+
 def load_config(overrides: Sequence[str] = ()) -> VlmnasConfig:
-    """Compose `studies/conf/config.yaml` with Hydra `overrides` and validate every group."""
+    """Compose `studies/conf/config.yaml` with Hydra `overrides` and validate every group;
+    raises `ConfigError` before anything is written."""
     try:
         with initialize_config_module(config_module="studies.conf", version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
@@ -238,72 +322,57 @@ def load_config(overrides: Sequence[str] = ()) -> VlmnasConfig:
             known = sorted(p.stem for p in _GROUP_DIRS[group].glob("*.yaml"))
             message = f"{group}={missing.group(2)!r} is not a known option; allowed {known}"
         raise ConfigError(message) from None
-    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
-    assert isinstance(choices, dict)
+    picked = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    assert isinstance(picked, dict)
+    choices = {str(k): v for k, v in picked.items()}
     with open_dict(cfg):
         del cfg["hydra"]
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(raw, dict)
+    for key in sorted(OmegaConf.missing_keys(cfg)):
+        raise ConfigError(f"{key} is required (set it with {key}=...)")
+    composed = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(composed, dict)
+    raw = {str(k): v for k, v in composed.items()}
+    unknown = sorted(set(raw) - set(_GROUPS))
+    if unknown:
+        raise ConfigError(f"unknown config keys {unknown}; allowed {list(_GROUPS)}")
 
     try:
         space = SearchSpace.from_mapping(
             raw.get("search_space") or {}, name=str(choices["search_space"])
         )
-    except SearchSpaceError as exc:
-        raise ConfigError(str(exc)) from None
-    hardware = raw.get("hardware") or {}
-    if not isinstance(hardware, dict) or not hardware:
-        raise ConfigError("hardware: select at least one profile, e.g. hardware=[cpu]")
-    try:
+        hardware = raw.get("hardware") or {}
+        if not isinstance(hardware, dict) or not hardware:
+            raise ConfigError("hardware: select at least one profile, e.g. hardware=[cpu]")
         profiles = tuple(
-            HardwareProfile.from_mapping(name, node) for name, node in hardware.items()
+            HardwareProfile.from_mapping(str(name), node) for name, node in hardware.items()
         )
-    except ProfileError as exc:
+    except (SearchSpaceError, ProfileError) as exc:
         raise ConfigError(str(exc)) from None
-    data = _typed(DataConfig, cfg.data, "data")
-    trainer = _typed(TrainerConfig, cfg.trainer, "trainer")
-    study = _typed(StudySpec, cfg.study, "study")
-    ray = _typed(RaySpec, cfg.ray, "ray")
-    export = _typed(ExportSpec, cfg.export, "export")
-    _check_study(study, profiles)
+    data = _group(DataConfig, raw, "data")
+    trainer = _group(TrainerConfig, raw, "trainer")
+    study = _group(StudySpec, raw, "study")
+    ray = _group(RaySpec, raw, "ray")
+    export = _group(ExportSpec, raw, "export")
+    _check_across_groups(study, export, profiles)
     # Resolved here, in the driver: Ray runs trials with another working directory.
     study.workdir = str(Path(study.workdir).expanduser().resolve())
     return VlmnasConfig(space, profiles, data, trainer, study, raw, choices, ray, export)
 
 
-def _typed(cls: type, node: DictConfig, group: str) -> Any:
-    for key in OmegaConf.missing_keys(node):
-        raise ConfigError(f"{key} is required (set it with {key}=...)")
+def _group(cls: Callable[..., _T], raw: dict[str, Any], group: str) -> _T:
+    node = raw.get(group)
+    if not isinstance(node, dict):
+        raise ConfigError(f"{group}={node!r}: must be a mapping of settings")
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), node))
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or "?"
-        raise ConfigError(f"{group}.{key}: {_one_line(str(exc))}") from None
-    except ValueError as exc:  # a dataclass's own __post_init__ check
-        raise ConfigError(_one_line(str(exc))) from None
+        return cls(**{str(k): v for k, v in node.items()})
+    except (ValueError, DataError) as exc:  # each group's own error type, one line each
+        raise ConfigError(str(exc)) from None
 
 
-def _check_study(study: StudySpec, profiles: tuple[HardwareProfile, ...]) -> None:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study.name):
-        raise ConfigError(f"study.name={study.name!r}: use letters, digits, '_', '-', '.'")
-    if study.n_trials < 1:
-        raise ConfigError(f"study.n_trials={study.n_trials}: must be >= 1")
-    if study.sampler not in SAMPLERS:
-        raise ConfigError(f"study.sampler={study.sampler!r}; allowed {list(SAMPLERS)}")
-    if study.population_size < 2:
-        raise ConfigError(f"study.population_size={study.population_size}: must be >= 2")
-    if study.asha.grace_period < 1 or study.asha.reduction_factor < 2:
-        raise ConfigError(
-            f"study.asha: grace_period={study.asha.grace_period} must be >= 1 and"
-            f" reduction_factor={study.asha.reduction_factor} >= 2"
-        )
-    for key in ("max_concurrent", "cpus_per_trial", "max_consecutive_failures"):
-        if getattr(study, key) < 1:
-            raise ConfigError(f"study.{key}={getattr(study, key)}: must be >= 1")
-    if len(study.objectives) < 2:
-        raise ConfigError(
-            f"study.objectives has {len(study.objectives)}; a multi-objective study needs >= 2"
-        )
+def _check_across_groups(
+    study: StudySpec, export: ExportSpec, profiles: tuple[HardwareProfile, ...]
+) -> None:
+    """The rules that span groups: metrics and profile names against `hardware`."""
     names = [p.name for p in profiles]
     allowed = [f"{p.name}/{m}" for p in profiles for m in profile_metrics(p)]
     allowed += list(GLOBAL_METRICS)
@@ -323,23 +392,10 @@ def _check_study(study: StudySpec, profiles: tuple[HardwareProfile, ...]) -> Non
             raise ConfigError(
                 f"study.objectives metric {obj.metric!r}; allowed with hardware={names}: {allowed}"
             )
-        if obj.direction not in DIRECTIONS:
-            raise ConfigError(
-                f"study.objectives direction {obj.direction!r}; allowed {list(DIRECTIONS)}"
-            )
-    if study.storage and not (study.storage.startswith("journal:") or "://" in study.storage):
+    if export.profile is not None and export.profile not in names:
         raise ConfigError(
-            f"study.storage={study.storage!r}; allowed: empty (SQLite in the workdir), an RDB"
-            " URL such as postgresql://host/db, or journal:/path/to/file"
+            f"export.profile={export.profile!r}; allowed with hardware={names}: {names}"
         )
-    if study.tracking_uri and "://" not in study.tracking_uri:
-        raise ConfigError(
-            f"study.tracking_uri={study.tracking_uri!r}; allowed: empty (SQLite in the"
-            " workdir) or a URL such as http://host:5000"
-        )
-    workdir = Path(study.workdir).expanduser()
-    if workdir.exists() and not workdir.is_dir():
-        raise ConfigError(f"study.workdir={study.workdir!r} exists and is not a directory")
 
 
 def _one_line(message: str) -> str:

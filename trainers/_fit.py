@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import lightning as L
 import numpy as np
@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+from pydantic import Field, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from common import busy
+from common import CONFIG, busy, checked
 from search_spaces import (
     ArchConfig,
     EncodedVQA,
@@ -42,39 +44,39 @@ from .data import (
 )
 
 EpochReport = Callable[[int, dict[str, float]], None]
+Positive = Annotated[int, Field(ge=1)]
 
 
-@dataclass
+@checked(ValueError, where="trainer")
+@pydantic_dataclass(config=CONFIG)
 class TrainerConfig:
     """The `trainer` config group: the training budget and recipe of every trial."""
 
-    max_epochs: int = 8
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1
+    max_epochs: Positive = 8
+    batch_size: Positive = 32
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.01
+    warmup_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     seed: int = 0
-    threads: int = 2  # torch intra-op threads; 2 = all of the reference machine's cores
-    val_batch_size: int = 128
+    threads: Positive = 2  # torch intra-op threads; 2 = all of the reference machine's cores
+    val_batch_size: Positive = 128
     # Recompute each transformer block's activations in backward instead of keeping them.
     grad_checkpointing: bool = False
     # Distillation teacher (for candidates with recipe.distill_weight > 0): "baseline"
     # (the search space's baseline trained for teacher_epochs, once per study and
     # cached) or the path of an exported candidate folder (config.yaml + model).
     teacher: str = "baseline"
-    teacher_epochs: int = 16
+    teacher_epochs: Positive = 16
 
-    def __post_init__(self) -> None:
-        for name in ("max_epochs", "batch_size", "threads", "val_batch_size", "teacher_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"trainer.{name}={getattr(self, name)}: must be >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"trainer.lr={self.lr}: must be > 0")
-        if self.teacher != "baseline" and not (Path(self.teacher) / "config.yaml").is_file():
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_exists(cls, teacher: str) -> str:
+        if teacher != "baseline" and not (Path(teacher) / "config.yaml").is_file():
             raise ValueError(
-                f"trainer.teacher={self.teacher!r}: allowed 'baseline' or an exported candidate"
-                " folder (with config.yaml and model.pt or model.onnx)"
+                "allowed 'baseline' or an exported candidate folder (with config.yaml and"
+                " model.pt or model.onnx)"
             )
+        return teacher
 
 
 @dataclass
@@ -87,6 +89,9 @@ class TrainResult:
 
 class ExactMatchAccuracy(torchmetrics.Metric):
     """Share of answers whose greedy decoding equals the reference exactly."""
+
+    correct: torch.Tensor  # states registered by add_state
+    total: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -357,7 +362,12 @@ def fit(
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=False
     )
-    val_loader = torch.utils.data.DataLoader(val_batches, batch_size=None, collate_fn=_identity)
+    # pre-sliced batches, passed through as they are (batch_size=None)
+    val_loader: torch.utils.data.DataLoader[EncodedVQA] = torch.utils.data.DataLoader(
+        val_batches,  # type: ignore[arg-type]  # a list is a map-style dataset
+        batch_size=None,
+        collate_fn=_identity,  # type: ignore[arg-type]  # no batching: one item each
+    )
 
     module = VQAModule(model, cfg, data.max_answer_tokens, teacher)
     epochs = _ReportEpochs(report)

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from search_spaces import ArchConfig
-from search_spaces._arch import RecipeConfig
+from search_spaces import ArchConfig, RecipeConfig
 
 from ._cache import cache_key, cached_fit
 from ._fit import TrainerConfig, model_for, train_rows
@@ -42,6 +41,7 @@ def study_teacher(
 ) -> Teacher:
     """The teacher `cfg.teacher` names, with its logits on `data`'s training rows."""
     images = images or ImageCache()
+    forward: Callable[[torch.utils.data.TensorDataset], np.ndarray]
     if cfg.teacher == "baseline":
         arch = dataclasses.replace(baseline, recipe=RecipeConfig(), quant=())
         teacher_cfg = dataclasses.replace(cfg, max_epochs=cfg.teacher_epochs)

@@ -75,7 +75,7 @@ def test_arch_id_is_stable_and_weights_id_ignores_quant() -> None:
         (lambda d: d["fusion"].update(gating=[]), "fusion.gating is an empty choice list"),
         (lambda d: d["vision"].update(depth=[1, 2]), "second_last needs vision.depth >= 2"),
         (lambda d: d["grid_pinpoints"].update(bad=[[0, 1]]), "grid_pinpoints.bad"),
-        (lambda d: d["lm"].update(width=["wide"]), "lm.width choice 'wide' must be int"),
+        (lambda d: d["lm"].update(width=["wide"]), "lm.width choice 'wide' must be an integer"),
         (lambda d: d["baseline"].update({"lm.colour": 1}), "baseline.lm.colour is not a parameter"),
         (
             lambda d: d["baseline"].update({"fusion.image_attention": "text_only"}),

@@ -43,24 +43,75 @@ def test_overrides_reach_the_typed_groups() -> None:
             [
                 "study.objectives=[{metric: gpu/accuracy, direction: maximize}, {metric: cpu/size_mb, direction: minimize}]"
             ],
-            "'gpu/accuracy'",
+            "study.objectives metric 'gpu/accuracy'; allowed with hardware=['cpu']",
         ),
         (
             [
                 "study.objectives=[{metric: cpu/accuracy, direction: up}, {metric: cpu/size_mb, direction: minimize}]"
             ],
-            "direction 'up'",
+            "study.objectives[0].direction='up': allowed 'maximize', 'minimize'",
         ),
-        (["study.objectives=[{metric: cpu/accuracy, direction: maximize}]"], "needs >= 2"),
-        (["study.name=a/b"], "study.name='a/b'"),
+        (
+            ["study.objectives=[{metric: cpu/accuracy, direction: maximize}]"],
+            "study.objectives has 1 entry; needs >= 2",
+        ),
+        (["study.name=a/b"], "study.name='a/b': use letters, digits"),
+        (
+            ["study.sampler=grid"],
+            "study.sampler='grid': allowed 'nsga2', 'nsga3', 'tpe', 'gp', 'random'",
+        ),
         (["trainer.lr=-1"], "trainer.lr=-1.0: must be > 0"),
-        (["data.train_images=lots"], "data.train_images"),
+        (["data.train_images=lots"], "data.train_images='lots': must be an integer"),
+        (
+            ["export.policy=best"],
+            "export.policy='best': allowed 'pareto', 'knee', 'max_accuracy', 'min_latency'",
+        ),
+        (
+            ["export.policy=max_accuracy"],
+            "export.policy=max_accuracy needs export.latency_budget_ms=<ms>",
+        ),
+        (
+            ["export.policy=min_latency"],
+            "export.policy=min_latency needs export.accuracy_floor=<0..1>",
+        ),
+        (["export.profile=gpu"], "export.profile='gpu'; allowed with hardware=['cpu']"),
+        (["data.noise=1.5"], "data.noise=1.5: must be in [0, 1)"),
+        (["+study.bogus=1"], "study: unknown keys ['bogus']; allowed ['asha', 'constraints',"),
+        (["+trainer.epochs=3"], "trainer: unknown keys ['epochs']; allowed ['batch_size',"),
+        (["hardware.cpu.threads=0"], "hardware.cpu.threads=0: must be >= 1"),
+        (
+            ["hardware.cpu.quant_schemes=[fp32,w8a8]"],
+            "hardware.cpu.quant_schemes has 'w8a8'; allowed on this profile ['fp32',",
+        ),
+        (
+            ["search_space.fusion.share_ratio=[0.5,1.5]"],
+            "search_space 'llava_next': fusion.share_ratio choice 1.5 outside [0, 1]",
+        ),
+        (
+            ["search_space.lm.depth=[0,2]"],
+            "search_space 'llava_next': lm.depth choice 0 must be >= 1",
+        ),
+        (
+            ["+study.heartbeat_interval=30", "+study.stale_after=30"],
+            "study.stale_after=30: must be > study.heartbeat_interval=30",
+        ),
+        (["+study.heartbeat_interval=0"], "study.heartbeat_interval=0: must be >= 1"),
+        (["data=llava"], "data.root is required (set it with data.root=...)"),
     ],
 )
-def test_bad_values_are_one_line_config_errors(overrides: list[str], needle: str) -> None:
+def test_bad_values_are_one_line_config_errors(
+    overrides: list[str], needle: str, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "runs"
     with pytest.raises(ConfigError) as err:
-        load_config(overrides)
+        load_config([*overrides, f"study.workdir={workdir}"])
     assert needle in str(err.value) and "\n" not in str(err.value)
+    assert not workdir.exists(), "load_config wrote before it had checked every group"
+
+
+def test_multi_driver_timing_defaults() -> None:
+    study = load_config().study
+    assert (study.heartbeat_interval, study.stale_after) == (10, 60)
 
 
 def test_optional_profile_without_its_runtime_is_dropped_before_any_trial(monkeypatch) -> None:

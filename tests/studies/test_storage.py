@@ -79,9 +79,7 @@ def _cfg(tmp_path: Path, n_trials: int = 3, storage: str = "journal"):
 
 
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])
-def test_a_dead_drivers_trial_is_rerun_and_a_live_ones_is_not(
-    tmp_path: Path, storage: str
-) -> None:
+def test_a_dead_drivers_trial_is_rerun_and_a_live_ones_is_not(tmp_path: Path, storage: str) -> None:
     cfg = _cfg(tmp_path, storage=storage)
     (tmp_path / "runs").mkdir()
     with StudyStore(cfg, Timing()) as first:

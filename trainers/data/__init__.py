@@ -7,6 +7,12 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from common import CONFIG, checked, choices
 
 from ._augment import (
     COLOUR_WORDS,
@@ -29,10 +35,12 @@ from ._llava import (
 )
 from ._shapes import ShapesVQAConfig, generate_shapes_vqa
 
-DATASETS = ("shapes_vqa", "llava")
+Dataset = Literal["shapes_vqa", "llava"]
+DATASETS: tuple[str, ...] = choices(Dataset)
 
 
-@dataclass
+@checked(DataError, where="data")
+@pydantic_dataclass(config=CONFIG)
 class DataConfig:
     """The `data` config group.
 
@@ -40,18 +48,27 @@ class DataConfig:
     `<workdir>/data/shapes_vqa-s<seed>-<train>x<val>`); `name=llava` reads `root`.
     """
 
-    name: str = "shapes_vqa"
+    name: Dataset = "shapes_vqa"
     root: str | None = None
     seed: int = 0
-    train_images: int = 3000
-    val_images: int = 150
-    noise: float = 0.0  # shapes_vqa: share of training pairs with a wrong image
+    train_images: Annotated[int, Field(ge=1)] = 3000
+    val_images: Annotated[int, Field(ge=1)] = 150
+    # shapes_vqa: share of training pairs with a wrong image
+    noise: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+    @model_validator(mode="after")
+    def _root(self) -> Self:
+        if self.name == "llava" and not self.root:
+            raise ValueError(
+                "data=llava needs data.root=DIR (a folder with train.json, val.json, images)"
+            )
+        if self.name == "llava" and not Path(self.root or "").expanduser().is_dir():
+            raise ValueError(f"data.root={self.root!r} is not a directory")
+        return self
 
 
 def prepare_data(cfg: DataConfig, workdir: Path) -> VQAData:
     """Make the data set available and validated, and load it. Raises `DataError`."""
-    if cfg.name not in DATASETS:
-        raise DataError(f"data.name={cfg.name!r} unknown; allowed {list(DATASETS)}")
     if cfg.name == "shapes_vqa":
         gen = ShapesVQAConfig(
             seed=cfg.seed,
@@ -59,10 +76,6 @@ def prepare_data(cfg: DataConfig, workdir: Path) -> VQAData:
             val_images=cfg.val_images,
             noise=cfg.noise,
         )
-        if not 0.0 <= gen.noise < 1.0:
-            raise DataError(f"data.noise={cfg.noise}: must be in [0, 1)")
-        if gen.train_images < 1 or gen.val_images < 1:
-            raise DataError("data.train_images and data.val_images must be >= 1")
         noise = f"-n{cfg.noise:g}" if cfg.noise else ""
         default = (
             workdir / "data" / f"shapes_vqa-s{cfg.seed}-{cfg.train_images}x{cfg.val_images}{noise}"
@@ -70,13 +83,7 @@ def prepare_data(cfg: DataConfig, workdir: Path) -> VQAData:
         root = Path(cfg.root) if cfg.root else default
         generate_shapes_vqa(root, gen)
     else:
-        if not cfg.root:
-            raise DataError(
-                "data=llava needs data.root=DIR (a folder with train.json, val.json, images)"
-            )
-        root = Path(cfg.root).expanduser().resolve()
-        if not root.is_dir():
-            raise DataError(f"data.root={cfg.root!r} is not a directory")
+        root = Path(cfg.root or "").expanduser().resolve()  # DataConfig checked it is a folder
     return VQAData.load(root.resolve())  # validates every record before any trial starts
 
 

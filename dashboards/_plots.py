@@ -4,6 +4,8 @@ parallel coordinates and parameter importances.
 Each plot is written twice: an interactive plotly HTML file (plotly.js inlined, so it
 opens without a network) and a PNG drawn with matplotlib (no browser needed). Axes
 carry the metric name and its unit; the front is highlighted and the baseline marked.
+Parallel coordinates and importances show only the parameters that vary among the
+complete trials, parallel axes under short two-line names in the model's order.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ def write_plots(
             lambda path: _parallel_png(path, trials, objectives),
         ),
         "param_importances": (
-            _importance_plotly(importances, objectives),
-            lambda path: _importance_png(path, importances, objectives),
+            _importance_plotly(importances, trials, objectives),
+            lambda path: _importance_png(path, importances, trials, objectives),
         ),
     }
     written: list[Path] = []
@@ -91,7 +93,7 @@ def figure_divs(
         "pareto": _pareto_plotly(trials, objectives),
         "hypervolume": _hv_plotly(hypervolume_history),
         "parallel_coordinates": _parallel_plotly(trials, objectives),
-        "param_importances": _importance_plotly(importances, objectives),
+        "param_importances": _importance_plotly(importances, trials, objectives),
     }
     return {
         name: fig.to_html(include_plotlyjs=False, full_html=False, div_id=f"plot-{name}")
@@ -232,66 +234,178 @@ def _hv_png(path: Path, history: Sequence[tuple[int, float]]) -> None:
 
 # --- Parallel coordinates -------------------------------------------------------------
 
+# Short axis names: the section on one line, the leaf below, so neighbours do not collide.
+_SECTION_NAMES = {"vision": "vision", "lm": "LM", "fusion": "fusion", "quant": "quant"}
+_LEAF_NAMES = {
+    "image_attention": "image attn",
+    "xattn_layers": "xattn layers",
+    "text_only_from": "text-only from",
+    "pos_encoding": "pos. encoding",
+    "feature_layer": "feature layer",
+    "grid_pinpoints": "AnyRes grids",
+    "projector_depth": "projector depth",
+    "distill_temperature": "distill temp.",
+    "filter_threshold": "filter thresh.",
+    "mlp_ratio": "MLP ratio",
+}
+# Axis order follows the model: vision tower, tiling, projector, LM, fusion, deployment.
+_AXIS_ORDER = ("vision", "grid_pinpoints", "projector_depth", "activation", "lm", "fusion")
+_NOT_APPLICABLE = "n/a"  # a conditional parameter the trial did not sample
 
-def _encoded_params(trials: Sequence[PlotTrial]) -> list[tuple[str, list[float], list[str]]]:
-    """Each parameter as numbers for a parallel-coordinates axis, with tick labels."""
-    names = sorted({k for t in trials for k in t.params})
-    out = []
-    for name in names:
-        values = [t.params.get(name) for t in trials]
-        choices = sorted({str(v) for v in values}, key=lambda s: (len(s), s))
-        if len(choices) < 2:
+
+@dataclass(frozen=True)
+class Axis:
+    """One parallel-coordinates axis: a parameter (`ticks` = its values in axis order,
+    `values` = each trial's index into them) or an objective (`ticks` None)."""
+
+    name: str
+    label: str  # two short lines, joined by a newline
+    values: list[float]
+    ticks: list[str] | None = None
+
+
+def short_label(name: str) -> str:
+    """`fusion.image_attention` -> "fusion\nimage attn"; `grid_pinpoints` -> "AnyRes\ngrids"."""
+    section, _, leaf = name.rpartition(".")
+    text = _LEAF_NAMES.get(leaf, leaf.replace("_", " "))
+    if section:
+        return f"{_SECTION_NAMES.get(section, section)}\n{text}"
+    return text.replace(" ", "\n", 1)
+
+
+def parallel_axes(
+    trials: Sequence[PlotTrial], objectives: Sequence[Objective]
+) -> tuple[list[PlotTrial], list[Axis]]:
+    """The complete trials with every objective measured, and their axes: one per
+    parameter whose value differs among them (a fixed one tells nothing and crowds the
+    others out), then one per objective."""
+    shown = [
+        t
+        for t in trials
+        if t.state == "complete" and all(_finite(t.values.get(o.metric)) for o in objectives)
+    ]
+    axes = []
+    for name in sorted({k for t in shown for k in t.params}, key=_axis_rank):
+        texts = [_tick(t.params.get(name)) for t in shown]
+        ticks = sorted(set(texts), key=_tick_order)
+        if len(ticks) < 2:
             continue
-        out.append((name, [float(choices.index(str(v))) for v in values], choices))
-    return out
+        axes.append(Axis(name, short_label(name), [float(ticks.index(x)) for x in texts], ticks))
+    for o in objectives:
+        label = axis_label(o.metric).replace(" (", "\n(", 1)
+        axes.append(Axis(o.metric, label, [float(t.values[o.metric]) for t in shown]))
+    return shown, axes
+
+
+def _axis_rank(name: str) -> tuple[int, bool, str]:
+    head = name.split(".")[0]
+    rank = _AXIS_ORDER.index(head) if head in _AXIS_ORDER else len(_AXIS_ORDER)
+    return (rank, not name.endswith(".placement"), name)
+
+
+def _tick(value: Any) -> str:
+    return _NOT_APPLICABLE if value is None else str(value)
+
+
+def _tick_order(text: str) -> tuple[int, float, str]:
+    if text == _NOT_APPLICABLE:
+        return (0, 0.0, "")
+    try:
+        return (1, float(text), "")
+    except ValueError:
+        return (2, 0.0, text)
 
 
 def _parallel_plotly(trials: Sequence[PlotTrial], objectives: Sequence[Objective]) -> Any:
     import plotly.graph_objects as go
 
+    shown, axes = parallel_axes(trials, objectives)
     metric = objectives[0].metric
-    shown = [t for t in trials if t.state == "complete" and _finite(t.values.get(metric))]
     dims = [
-        {"label": name, "values": vals, "tickvals": list(range(len(ticks))), "ticktext": ticks}
-        for name, vals, ticks in _encoded_params(shown)
+        {
+            "label": a.label.replace("\n", "<br>"),
+            "values": a.values,
+            **(
+                {"tickvals": list(range(len(a.ticks))), "ticktext": a.ticks}
+                if a.ticks is not None
+                else {}
+            ),
+        }
+        for a in axes
     ]
-    colour = [t.values[metric] for t in shown]
-    dims.append({"label": axis_label(metric), "values": colour})
     fig = go.Figure(
         go.Parcoords(
-            line={"color": colour, "colorscale": "Viridis", "showscale": True},
+            line={
+                "color": [t.values[metric] for t in shown],
+                "colorscale": "Viridis",
+                "showscale": True,
+                "colorbar": {"title": {"text": metric, "side": "right"}, "x": 1.04},
+            },
             dimensions=dims,
+            labelfont={"size": 12},
+            tickfont={"size": 10},
+            # The min/max printed at each numeric axis's ends collides with a two-line
+            # label; the axis ticks already give the values.
+            rangefont={"color": "rgba(0,0,0,0)"},
         )
     )
-    fig.update_layout(title=f"Parameters of the complete trials, coloured by {metric}")
+    fig.update_layout(
+        title=f"Parameters that vary among the {len(shown)} complete trials, coloured by {metric}",
+        # ~105 px per axis keeps labels and tick texts apart; the report scrolls wider ones.
+        width=max(1000, 105 * len(axes) + 160),
+        height=560,
+        margin={"l": 70, "r": 130, "t": 140, "b": 40},
+    )
     return fig
 
 
 def _parallel_png(path: Path, trials: Sequence[PlotTrial], objectives: Sequence[Objective]) -> None:
     plt = _pyplot()
+    shown, axes = parallel_axes(trials, objectives)
     metric = objectives[0].metric
-    shown = [t for t in trials if t.state == "complete" and _finite(t.values.get(metric))]
-    params = _encoded_params(shown)
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * (len(params) + 1)), 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.15 * len(axes) + 1.5), 5.5), dpi=110)
+    params = [a for a in axes if a.ticks is not None]
     if shown and params:
+        cmap = plt.get_cmap("viridis")
         colour = [t.values[metric] for t in shown]
         lo, hi = min(colour), max(colour)
-        cmap = plt.get_cmap("viridis")
-        for i in range(len(shown)):
-            ys = [vals[i] / max(len(ticks) - 1, 1) for _, vals, ticks in params]
-            ys.append((colour[i] - lo) / (hi - lo) if hi > lo else 0.5)
-            ax.plot(
-                range(len(ys)),
-                ys,
-                color=cmap((colour[i] - lo) / (hi - lo) if hi > lo else 0.5),
-                alpha=0.7,
-            )
-        ax.set_xticks(range(len(params) + 1))
-        ax.set_xticklabels(
-            [n for n, _, _ in params] + [metric], rotation=35, ha="right", fontsize=7
-        )
+        span = hi - lo
+
+        def height(a: Axis, v: float) -> float:
+            if a.ticks is not None:
+                return v / (len(a.ticks) - 1)
+            low, high = min(a.values), max(a.values)
+            return (v - low) / (high - low) if high > low else 0.5
+
+        for i, c in enumerate(colour):
+            ys = [height(a, a.values[i]) for a in axes]
+            ax.plot(range(len(axes)), ys, color=cmap((c - lo) / span if span else 0.5), alpha=0.7)
+        for x, a in enumerate(axes):
+            ax.axvline(x, color="#888", lw=0.8, zorder=0)
+            if a.ticks is not None:
+                marks = [(height(a, k), tick) for k, tick in enumerate(a.ticks)]
+            else:
+                marks = [(0.0, f"{min(a.values):.3g}"), (1.0, f"{max(a.values):.3g}")]
+            for y, tick in marks:
+                ax.annotate(
+                    tick,
+                    (x, y),
+                    xytext=(3, 0),
+                    textcoords="offset points",
+                    fontsize=7,
+                    va="center",
+                    bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
+                )
+        ax.set_xticks(range(len(axes)))
+        ax.set_xticklabels([a.label for a in axes], fontsize=8)
+        ax.set_xlim(-0.3, len(axes) - 0.4)
+        mappable = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(lo, hi))
+        fig.colorbar(mappable, ax=ax, pad=0.01, label=axis_label(metric))
     ax.set_yticks([])
-    ax.set_title(f"Parameters of the complete trials, coloured by {metric} (normalised axes)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(
+        f"Parameters that vary among the {len(shown)} complete trials, coloured by {metric}"
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -300,25 +414,45 @@ def _parallel_png(path: Path, trials: Sequence[PlotTrial], objectives: Sequence[
 # --- Parameter importances ------------------------------------------------------------
 
 
-def _importance_plotly(importances: Mapping[str, float], objectives: Sequence[Objective]) -> Any:
+def _varying_importances(
+    importances: Mapping[str, float],
+    trials: Sequence[PlotTrial],
+    objectives: Sequence[Objective],
+) -> list[tuple[str, float]]:
+    """(parameter, importance), least important first, for the parameters on the
+    parallel-coordinates plot: a fixed parameter explains nothing."""
+    varying = {a.name for a in parallel_axes(trials, objectives)[1] if a.ticks is not None}
+    return sorted(((k, v) for k, v in importances.items() if k in varying), key=lambda kv: kv[1])
+
+
+def _importance_plotly(
+    importances: Mapping[str, float],
+    trials: Sequence[PlotTrial],
+    objectives: Sequence[Objective],
+) -> Any:
     import plotly.graph_objects as go
 
-    items = sorted(importances.items(), key=lambda kv: kv[1])
+    items = _varying_importances(importances, trials, objectives)
     fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h"))
     fig.update_layout(
         title=f"Parameter importance for {objectives[0].metric} (fANOVA, complete trials)",
         xaxis_title="share of the objective's variance explained",
         yaxis_title="parameter",
+        yaxis={"dtick": 1},  # a label on every bar, none skipped
+        height=max(360, 26 * len(items) + 170),
         template="plotly_white",
     )
     return fig
 
 
 def _importance_png(
-    path: Path, importances: Mapping[str, float], objectives: Sequence[Objective]
+    path: Path,
+    importances: Mapping[str, float],
+    trials: Sequence[PlotTrial],
+    objectives: Sequence[Objective],
 ) -> None:
     plt = _pyplot()
-    items = sorted(importances.items(), key=lambda kv: kv[1])
+    items = _varying_importances(importances, trials, objectives)
     fig, ax = plt.subplots(figsize=(7, max(3, 0.35 * len(items) + 1)), dpi=110)
     ax.barh([k for k, _ in items], [v for _, v in items], color="#0b6bcb")
     ax.set_xlabel("share of the objective's variance explained")

@@ -120,7 +120,9 @@ class TrialBook:
 
     def end(self, number: int, result: dict[str, Any] | None, error: str | None) -> None:
         """Record trial `number`'s end everywhere (see the module docstring)."""
-        asked = self._asked.pop(number)
+        asked = self._asked.pop(number, None)
+        if asked is None:  # Ray reported this trial's end before: it is recorded
+            return
         study = self.cfg.study
         outcome = decide(result, error, study.objectives, study.parsed_constraints)
         trial_dir = Path(str((result or {}).get("trial_dir", asked.trial_dir)))

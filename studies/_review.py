@@ -23,9 +23,15 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from dashboards import MlflowTracker
-from dashboards._html import Link, write_report
-from dashboards._plots import Objective, PlotTrial, figure_divs, write_plots
+from dashboards import (
+    Link,
+    MlflowTracker,
+    Objective,
+    PlotTrial,
+    figure_divs,
+    write_plots,
+    write_report,
+)
 from search_spaces import ArchConfig
 
 from ._config import VlmnasConfig
@@ -97,13 +103,17 @@ def publish(
 
     def choices(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         """What a front member is, as plain text for the table: from the architecture in
-        its config.yaml (what was built and trained), empty if the folder is gone."""
+        its config.yaml (what was built and trained); empty if the folder is gone or
+        holds an architecture this version cannot read (the report still gets written)."""
         config = Path(str(t.user_attrs.get("trial_dir", ""))) / "config.yaml"
         if not config.is_file():
             return {}
-        arch = ArchConfig.from_dict(yaml.safe_load(config.read_text())["arch"])
+        try:
+            arch = ArchConfig.from_dict(yaml.safe_load(config.read_text())["arch"])
+        except (KeyError, TypeError, ValueError):
+            return {}
         f, v = arch.fusion, arch.vision
-        fusion = [f.placement]
+        fusion: list[str] = [f.placement]
         if f.cross:
             layers = ", ".join(map(str, f.xattn_layers))
             pattern = t.params.get("fusion.xattn_layers")

@@ -47,9 +47,9 @@ def search(cfg: VlmnasConfig, *, trial_fn: TrialFn | None = None) -> SearchSumma
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg.data, cfg.workdir)
     timing = Timing()
-    tracker = open_tracker(cfg)
     with StudyStore(cfg, timing) as store:
-        with timing.part("mlflow_setup"), _local_lock(cfg, "mlflow-parent"):
+        with timing.part("mlflow_setup"), _local_lock(cfg, "mlflow"):
+            tracker = open_tracker(cfg)  # the first use creates the SQLite tables
             parent_run = tracker.start_study(cfg.study.name, {**cfg.raw, "choices": cfg.choices})
         book = TrialBook(
             cfg=cfg, store=store, tracker=tracker, parent_run=parent_run, timing=timing
@@ -87,7 +87,7 @@ def search(cfg: VlmnasConfig, *, trial_fn: TrialFn | None = None) -> SearchSumma
     study = load_study(cfg)
     summary = summarize(study, cfg, chance=data.prior_baseline())
     _write_front(cfg, summary)
-    with timing.part("report"):
+    with timing.part("report"), _local_lock(cfg, "report"):  # one driver writes at a time
         report = publish(cfg, study, tracker, parent_run)
     timing.write(cfg.study_dir / "timing.json")
     print(f"vlmnas: report {report}", flush=True)
@@ -137,9 +137,9 @@ def open_tracker(cfg: VlmnasConfig) -> MlflowTracker:
 
 @contextmanager
 def _local_lock(cfg: VlmnasConfig, name: str) -> Iterator[None]:
-    """Drivers on one workdir take turns here (two that start at once would both create
-    the study's MLflow parent run). Local only: drivers on other hosts with a tracking
-    server may still race, and then the study has two parent runs."""
+    """Drivers on one workdir take turns here: two that start at once would both create
+    MLflow's SQLite tables, or both the study's parent run. Local only: drivers on other
+    hosts with a tracking server may still race, and then the study has two parent runs."""
     path = cfg.workdir / f".{name}.lock"
     with path.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

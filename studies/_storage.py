@@ -298,6 +298,9 @@ def _open_study(storage: BaseStorage, cfg: VlmnasConfig) -> optuna.Study:
             f" directions {directions}; study.objectives ask for {wanted}: choose another"
             " study.name"
         )
+    names = [o.metric for o in cfg.study.objectives]
+    if study.metric_names != names:  # optuna-dashboard labels its axes with them
+        study.set_metric_names(names)
     if not study.get_trials(deepcopy=False):
         outside = cfg.space.baseline_outside()
         if outside:

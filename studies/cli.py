@@ -11,7 +11,7 @@ from pathlib import Path
 COMMANDS = {
     "search": "run (or resume) the study: sample, train, measure, keep the Pareto front",
     "export": "write the study's Pareto-optimal trials to <workdir>/<study>/export/",
-    "dashboard": "serve the MLflow UI for the study on 127.0.0.1 (--port, --host)",
+    "dashboard": "serve the MLflow UI and optuna-dashboard for the study on 127.0.0.1 (--port, --optuna-port, --host)",
     "train": "rebuild and retrain an exported winner: vlmnas train candidate=<export>/config.yaml",
 }
 
@@ -27,7 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("overrides", nargs="*", help="Hydra overrides (key=value)")
         if name == "dashboard":
-            p.add_argument("--port", type=int, default=5000)
+            p.add_argument("--port", type=int, default=5000, help="MLflow UI port (default: 5000)")
+            p.add_argument(
+                "--optuna-port",
+                type=int,
+                default=None,
+                help="optuna-dashboard port (default: --port + 1)",
+            )
             p.add_argument(
                 "--host", default="127.0.0.1", help="bind address (default: loopback only)"
             )
@@ -79,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "dashboard":
             from dashboards import MlflowTracker, serve
 
+            from ._storage import open_storage, storage_url
+
             if not (cfg.workdir / "mlflow.db").is_file():
                 raise ConfigError(
                     f"study.workdir={str(cfg.workdir)!r} has no mlflow.db; run `vlmnas search` first"
@@ -90,7 +98,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(
                     f"study.name={cfg.study.name!r} has no MLflow experiment in {cfg.workdir}"
                 )
-            serve(cfg.workdir, experiment_id=str(exp.experiment_id), host=args.host, port=args.port)
+            storage = cfg.study.storage or storage_url(cfg.workdir)
+            # Opening a SQLite file or a journal that is not there would create an empty one.
+            if not cfg.study.storage and not (cfg.workdir / "optuna.db").is_file():
+                raise ConfigError(
+                    f"study.workdir={str(cfg.workdir)!r} has no optuna.db; run `vlmnas search` first"
+                )
+            journal = Path(storage.removeprefix("journal:")).expanduser()
+            if storage.startswith("journal:") and not journal.is_file():
+                raise ConfigError(f"study.storage={storage!r}: no such journal file")
+            try:
+                study_id = open_storage(cfg).get_study_id_from_name(cfg.study.name)
+            except KeyError:
+                raise ConfigError(
+                    f"study.name={cfg.study.name!r} is not in the Optuna storage {storage}"
+                ) from None
+            return serve(
+                cfg.workdir,
+                experiment_id=str(exp.experiment_id),
+                optuna_storage=storage,
+                optuna_study_id=study_id,
+                host=args.host,
+                port=args.port,
+                optuna_port=args.optuna_port,
+            )
         elif args.command == "export":
             from ._export import export_study
 

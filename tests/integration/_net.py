@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.integration._cli import REPO
 
 
 def free_port() -> int:
@@ -30,9 +30,17 @@ def wait_for_port(port: int, timeout: float = 60.0) -> None:
     raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
-def start_dashboard(workdir: Path, study: str, port: int) -> subprocess.Popen:
-    """`vlmnas dashboard` for `study` in `workdir` on 127.0.0.1:`port`, its output (which
-    names the URL) on the returned process's stdout. The caller terminates it."""
+def start_dashboard(
+    workdir: Path, study: str, port: int, optuna_port: int | None = None
+) -> subprocess.Popen:
+    """`vlmnas dashboard` for `study` in `workdir`: the MLflow UI on 127.0.0.1:`port`,
+    optuna-dashboard on `optuna_port` (default: another free port, as port + 1 may be
+    taken), their output (which names both URLs) on the returned process's stdout. The
+    caller terminates it."""
+    if optuna_port is None:
+        optuna_port = free_port()
+        while optuna_port == port:
+            optuna_port = free_port()
     return subprocess.Popen(
         [
             sys.executable,
@@ -43,6 +51,8 @@ def start_dashboard(workdir: Path, study: str, port: int) -> subprocess.Popen:
             f"study.name={study}",
             "--port",
             str(port),
+            "--optuna-port",
+            str(optuna_port),
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,

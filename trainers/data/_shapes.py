@@ -85,10 +85,8 @@ def generate_shapes_vqa(root: Path, config: ShapesVQAConfig) -> Path:
         manifest.pop("noise")  # data generated before the option existed stays valid
     if not 0.0 <= config.noise < 1.0:
         raise ValueError(f"data.noise={config.noise}: must be in [0, 1)")
-    if (root / "manifest.json").is_file():
-        if json.loads((root / "manifest.json").read_text()) == manifest:
-            return root
-        raise FileExistsError(f"{root} holds a different dataset; remove it or choose another root")
+    if _matches(root, manifest):
+        return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
@@ -100,10 +98,25 @@ def generate_shapes_vqa(root: Path, config: ShapesVQAConfig) -> Path:
                 _mismatch(records, config.noise, np.random.default_rng(config.seed + 1))
             (tmp / f"{split}.json").write_text(json.dumps(records, indent=1))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, root)
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            # Another process (a second driver on this workdir) finished the same data
+            # first: the generator is deterministic, so its copy is as good as ours.
+            if not _matches(root, manifest):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _matches(root: Path, manifest: dict[str, object]) -> bool:
+    """`root` holds the data set `manifest` describes; a different one is an error."""
+    if not (root / "manifest.json").is_file():
+        return False
+    if json.loads((root / "manifest.json").read_text()) == manifest:
+        return True
+    raise FileExistsError(f"{root} holds a different dataset; remove it or choose another root")
 
 
 def _make_record(

@@ -25,6 +25,7 @@ file for several.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -161,6 +162,7 @@ class StudyStore:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._beater: threading.Thread | None = None
+        self._reaped = -math.inf  # when reap last ran (monotonic)
 
     def __enter__(self) -> StudyStore:
         self.reap()
@@ -178,6 +180,7 @@ class StudyStore:
 
     def reap(self) -> int:
         """Close the RUNNING trials whose driver is dead and queue them again."""
+        self._reaped = time.monotonic()
         before = self.rerun
         with warnings.catch_warnings():  # Optuna marks it experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -204,8 +207,11 @@ class StudyStore:
 
     def ask(self) -> optuna.Trial | None:
         """A new trial for this driver, or None when the study has `n_trials` counted."""
-        with self.timing.part("optuna"):
-            self.reap()
+        with self.timing.part("optuna"), warnings.catch_warnings():
+            # this driver beats for its trials itself (Optuna expects study.optimize)
+            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+            if time.monotonic() - self._reaped >= self.cfg.study.heartbeat_interval:
+                self.reap()
             if len(counted(self.trials())) >= self.cfg.study.n_trials:
                 return None
             trial = self.study.ask()
@@ -214,9 +220,7 @@ class StudyStore:
             ranked = sorted(t.number for t in counted(self.trials()))
             if ranked.index(trial.number) >= self.cfg.study.n_trials or self._duplicate(trial):
                 trial.set_user_attr("surplus", f"asked by {self.driver} past study.n_trials")
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
-                    self.study.tell(trial, state=TrialState.FAIL)
+                self.study.tell(trial, state=TrialState.FAIL)
                 return None
         with self._lock:
             self._running[trial.number] = trial

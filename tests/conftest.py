@@ -6,14 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from search_spaces import ArchConfig, LanguageModelConfig, VisionTowerConfig
+from search_spaces import ArchConfig
+from tests._archs import TINY_ARCH
 from trainers.data import ShapesVQAConfig, VQAData, generate_shapes_vqa
-
-TINY_ARCH = ArchConfig(
-    vision=VisionTowerConfig(depth=1, width=32, heads=2),
-    lm=LanguageModelConfig(depth=1, width=32, heads=2),
-    grid_pinpoints=((1, 1), (1, 2), (2, 1)),
-)
 
 
 @pytest.fixture(scope="session", autouse=True)

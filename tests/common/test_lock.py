@@ -58,7 +58,8 @@ def _record_sections(
     section: Section, out: Path, until: float, hold_s: float, pause_s: float
 ) -> None:
     intervals = []
-    while time.monotonic() < until:
+    # At least one section even if a loaded host started this child after `until`.
+    while not intervals or time.monotonic() < until:
         with section():
             start = time.monotonic()
             time.sleep(hold_s)
@@ -121,45 +122,68 @@ def _measure_thrice(waits_out: Path) -> None:
     for _ in range(3):
         asked = time.monotonic()
         with measuring():
-            waits.append(time.monotonic() - asked)
+            waits.append((asked, time.monotonic()))
             time.sleep(0.01)
         time.sleep(0.05)
     waits_out.write_text(json.dumps(waits))
 
 
-def _relay_busy_sections(inside: object, until: float) -> None:
+def _relay_busy_sections(inside: object, stop: object, starts_out: Path) -> None:
     # ~5 ms sections back to back, each left only once the other trainer is inside (or after
     # 50 ms), so between them `rw` is held shared at every instant.
-    while time.monotonic() < until:
-        with busy():
-            with inside.get_lock():  # type: ignore[attr-defined]
-                inside.value += 1  # type: ignore[attr-defined]
-            entered = time.monotonic()
-            time.sleep(0.005)
-            while inside.value < 2 and time.monotonic() - entered < 0.05:  # type: ignore[attr-defined]
-                time.sleep(0.0005)
-            with inside.get_lock():  # type: ignore[attr-defined]
-                inside.value -= 1  # type: ignore[attr-defined]
+    starts = []
+    try:
+        while not stop.is_set():  # type: ignore[attr-defined]
+            with busy():
+                starts.append(time.monotonic())
+                with inside.get_lock():  # type: ignore[attr-defined]
+                    inside.value += 1  # type: ignore[attr-defined]
+                entered = time.monotonic()
+                time.sleep(0.005)
+                while inside.value < 2 and time.monotonic() - entered < 0.05:  # type: ignore[attr-defined]
+                    time.sleep(0.0005)
+                with inside.get_lock():  # type: ignore[attr-defined]
+                    inside.value -= 1  # type: ignore[attr-defined]
+    finally:
+        starts_out.write_text(json.dumps(starts))
 
 
 def test_back_to_back_busy_sections_do_not_starve_a_measurer(tmp_path: Path) -> None:
     # flock grants a shared request beside shared holders even while an exclusive one waits,
     # so without the turnstile these two trainers keep the measurer out for good.
-    inside = _fork.Value("i", 0)
-    until = time.monotonic() + 30
-    trainers = [_fork.Process(target=_relay_busy_sections, args=(inside, until)) for _ in range(2)]
+    # Load-proof: rather than bounding the wait in seconds (a loaded host stretches every
+    # sleep), count the busy sections that began while the measurer waited. The turnstile
+    # lets in only those already past the gate (at most 2 measured, with two CPU hogs
+    # running); without it, 1038 began before a gap let the measurer in.
+    inside, stop = _fork.Value("i", 0), _fork.Event()
+    trainers = [
+        _fork.Process(target=_relay_busy_sections, args=(inside, stop, tmp_path / f"starts{i}"))
+        for i in range(2)
+    ]
     for t in trainers:
         t.start()
     try:
-        time.sleep(0.2)
-        exit_code = _run(_measure_thrice, tmp_path / "waits", timeout=5)
+        deadline = time.monotonic() + 30
+        while inside.value < 1 and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.01)
+        time.sleep(0.2)  # both trainers relaying
+        exit_code = _run(_measure_thrice, tmp_path / "waits", timeout=30)
     finally:
+        stop.set()
         for t in trainers:
-            t.kill()
-            t.join()
-    assert exit_code == 0, "measuring() starved behind busy() for 5 s"
+            t.join(10)
+            if t.is_alive():
+                t.kill()
+                t.join()
+    assert exit_code == 0, "measuring() starved behind busy() for 30 s"
     waits = json.loads((tmp_path / "waits").read_text())
-    assert max(waits) < 1.0, f"measuring() waited {waits} s behind busy() sections"
+    starts = sorted(t for i in range(2) for t in json.loads((tmp_path / f"starts{i}").read_text()))
+    assert starts[-1] > waits[-1][1], "the trainers stopped before the measurer got in"
+    for asked, entered in waits:
+        passed = [t for t in starts if asked < t < entered]
+        assert len(passed) <= 6, (
+            f"{len(passed)} busy sections began while measuring() waited {entered - asked:.3f} s"
+        )
 
 
 def _measure_forever(entered: object) -> None:
@@ -231,13 +255,20 @@ def test_threads_of_one_process_exclude_each_other() -> None:
     assert _run(_threads_exclude_each_other, timeout=10) == 0
 
 
-def _record_steps(monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None) -> list[float]:
+def _record_steps(
+    monkeypatch: pytest.MonkeyPatch,
+    fail_at: int | None = None,
+    after_first: threading.Event | None = None,
+) -> list[float]:
+    """Record each step's start time; steps after the first wait for `after_first` if given."""
     from trainers import VQAModule
 
     steps: list[float] = []
     train, val = VQAModule.training_step, VQAModule.validation_step
 
     def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        if after_first is not None and steps:
+            after_first.wait(60)
         steps.append(time.monotonic())
         if fail_at is not None and len(steps) > fail_at:
             raise FloatingPointError("injected")
@@ -258,7 +289,10 @@ def test_training_makes_no_step_while_another_process_measures(
 ) -> None:
     from trainers import TrainerConfig, fit
 
-    steps = _record_steps(monkeypatch)
+    # Training pauses after its first step until the measurer is forked, so however slowly a
+    # loaded host forks, the measurement starts with most of the training still to come.
+    forked = threading.Event()
+    steps = _record_steps(monkeypatch, after_first=forked)
     cfg = TrainerConfig(max_epochs=4, batch_size=16, threads=1)
     errors: list[BaseException] = []
 
@@ -277,8 +311,9 @@ def test_training_makes_no_step_while_another_process_measures(
     entered, release = _fork.Event(), _fork.Event()
     window = _fork.Array("d", 2)
     measurer = _fork.Process(target=_measure_window, args=(entered, release, window))
-    measurer.start()
     try:
+        measurer.start()
+        forked.set()
         assert entered.wait(10), "measuring() was not granted between batches"
         time.sleep(1.0)
     finally:

@@ -23,7 +23,7 @@ from trainers.data import ImageCache, encode_eval
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, shapes_data):
-    from tests.conftest import TINY_ARCH
+    from tests._archs import TINY_ARCH
 
     torch.manual_seed(0)
     tok = shapes_data.tokenizer

@@ -26,17 +26,18 @@ from hardware_profiles import (
 from search_spaces import decode_accuracy
 from trainers import TrainerConfig, fit
 from trainers._fit import torch_forward
-from trainers.data import ImageCache, encode_eval
+from trainers.data import ImageCache, VQAData, encode_eval
 
 # Stated tolerances against the fp32 PyTorch model: mean relative logit error, and
-# accuracy change in points on the test's validation answers.
+# accuracy change in points on the test's validation answers. Measured on the `trained`
+# model below (fp32 accuracy 0.41): int8_dynamic 0.049, int8_static 0.055, int4 0.046,
+# w8a8 0.032, w8a16 0.007. (An undertrained model's near-zero logits inflate them: 0.25
+# for int8_dynamic after 3 epochs at lr 1e-3, with every scheme's accuracy at 0.)
 TOLERANCE = {
     "fp32": (1e-4, 0.0),
-    "int8_dynamic": (0.03, 0.10),
+    "int8_dynamic": (0.08, 0.10),
     "int8_static": (0.08, 0.10),
-    # 4-bit blocks on these tiny matrices: 0.10 measured, 0.17 after the vocabulary grew
-    # by the paraphrase words (a different random init of the same test model)
-    "int4_weight_only": (0.20, 0.15),
+    "int4_weight_only": (0.10, 0.15),  # 4-bit blocks on these tiny matrices
     # The NPU quantizes every operator, not only matmuls (softmax inputs stay 16-bit).
     "w8a8": (0.08, 0.10),
     "w8a16": (0.05, 0.10),
@@ -44,6 +45,9 @@ TOLERANCE = {
     "bf16": (0.05, 0.10),
 }
 ROWS = 8  # rows whose logits are compared
+# Enough training that the fp32 model answers well above chance (0.41 exact match, 3-6 s
+# on 2 cores), so that an accuracy comparison cannot pass by every model scoring 0.
+TRAINING = TrainerConfig(max_epochs=20, batch_size=16, lr=5e-3, threads=1)
 
 
 def _cases() -> list:
@@ -58,7 +62,8 @@ def _cases() -> list:
         for scheme in profile.quant_schemes:
             marks = [pytest.mark.skip(reason=reason)] if reason else []
             if profile.is_npu:
-                marks.append(pytest.mark.npu)
+                # slow: the emulated HTP takes 10-25 s per scheme on 2 cores
+                marks += [pytest.mark.npu, pytest.mark.slow]
             if profile.runtime == "torch" and profile.device == "cuda":
                 marks.append(pytest.mark.gpu)
             cases.append(pytest.param(name, scheme, marks=marks, id=f"{name}-{scheme}"))
@@ -67,15 +72,24 @@ def _cases() -> list:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shapes_data):
-    from tests.conftest import TINY_ARCH
+    from tests._archs import TINY_ARCH
 
     out = tmp_path_factory.mktemp("trained")
-    result = fit(TINY_ARCH, shapes_data, TrainerConfig(max_epochs=3, batch_size=16, threads=1), out)
+    result = fit(TINY_ARCH, shapes_data, TRAINING, out)
     images = ImageCache()
     tok = shapes_data.tokenizer
     val = encode_eval(shapes_data.val, tok, TINY_ARCH, shapes_data.text_len, images)
     calibration = encode_eval(shapes_data.train[:8], tok, TINY_ARCH, shapes_data.text_len, images)
     return result.model.eval(), val, calibration
+
+
+def _chance(data: VQAData) -> float:
+    """Exact-match rate of a uniform guess among the training set's answers (1/16 here).
+
+    A lower bar than answering each question type's most common answer (0.39 here), which
+    this tiny model only just passes: the check is that it answers at all.
+    """
+    return 1 / len({answer for record in data.train for _, answer in record.turns})
 
 
 def _logits(dep, val) -> np.ndarray:
@@ -123,6 +137,11 @@ def test_scheme_contract(
     rows = val.slice(0, acc.n)
     ref_acc = decode_accuracy(
         torch_forward(model), rows, max_new_tokens=shapes_data.max_answer_tokens
+    )
+    chance = _chance(shapes_data)
+    assert ref_acc >= 3 * chance, (
+        f"fp32 accuracy {ref_acc:.3f} over {acc.n} rows is not well above chance {chance:.3f}:"
+        " comparing the schemes with it would prove nothing"
     )
     assert abs(acc.value - ref_acc) <= max_drop, (
         f"{scheme}: accuracy {acc.value:.3f} vs fp32 {ref_acc:.3f} over {acc.n} rows"

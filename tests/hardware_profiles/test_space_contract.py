@@ -1,5 +1,10 @@
 """Every value of every search-space dimension builds, trains, exports, runs in ORT and
-quantizes under every CPU scheme."""
+quantizes under every CPU scheme.
+
+Marked slow: 53 cases of an ONNX export and three quantizations each, two minutes or more
+on 2 cores. The quick loop (-m 'not slow') keeps the model-level checks of
+tests/search_spaces/ (fusion placements, gates, sharing), not this export of every value.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from hardware_profiles import HardwareProfile, export_onnx, quantize
 from search_spaces import SearchSpace, build_model
 from trainers import torch_forward
 from trainers.data import ImageCache, encode_eval, encode_train
+
+pytestmark = pytest.mark.slow
 
 SPACE = SearchSpace.load("llava_next")
 # A small point of the space; each case below changes one dimension of it.

@@ -46,7 +46,7 @@ class Profile:
 
 @pytest.fixture(scope="module")
 def val(shapes_data):
-    from tests.conftest import TINY_ARCH
+    from tests._archs import TINY_ARCH
 
     tok = shapes_data.tokenizer
     return encode_eval(shapes_data.val, tok, TINY_ARCH, shapes_data.text_len, ImageCache())
@@ -54,7 +54,7 @@ def val(shapes_data):
 
 @pytest.fixture(scope="module")
 def untrained(shapes_data):
-    from tests.conftest import TINY_ARCH
+    from tests._archs import TINY_ARCH
 
     torch.manual_seed(0)
     tok = shapes_data.tokenizer
@@ -70,7 +70,7 @@ def untrained(shapes_data):
 def trained(tmp_path_factory, shapes_data):
     """A model that answers some validation questions (about 1 s of training): with
     accuracy 0 every accuracy comparison would pass vacuously."""
-    from tests.conftest import TINY_ARCH
+    from tests._archs import TINY_ARCH
 
     cfg = TrainerConfig(max_epochs=15, batch_size=16, lr=3e-3, threads=1)
     return fit(TINY_ARCH, shapes_data, cfg, tmp_path_factory.mktemp("torch_backend")).model

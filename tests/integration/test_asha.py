@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from dashboards import tracking_uri_for
-from tests.integration.test_cli import vlmnas
+from tests.integration._cli import vlmnas
+
+pytestmark = pytest.mark.slow
 
 
 def test_asha_pruned_trials_stay_off_the_front(tmp_path: Path) -> None:

@@ -22,9 +22,9 @@ import optuna
 import pytest
 
 from tests.integration._net import free_port, start_dashboard, wait_for_port
-from tests.integration.test_cli import REPO, TINY, vlmnas
+from tests.integration._cli import REPO, TINY, vlmnas
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # its fixture runs a whole search
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -14,27 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from dashboards import tracking_uri_for
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = [
-    "trainer.max_epochs=1",
-    "trainer.threads=1",
-    "data.train_images=40",
-    "data.val_images=10",
-    "study.population_size=2",
-    "search_space.lm.width=[32]",
-    "search_space.vision.width=[32]",
-]
-
-
-def vlmnas(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "studies.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
+from tests.integration._cli import REPO, TINY, vlmnas
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +26,7 @@ def searched(tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.mark.slow
 def test_search_records_three_complete_trials_in_optuna(searched: Path) -> None:
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{searched / 'optuna.db'}")
     trials = study.get_trials()
@@ -63,6 +44,7 @@ def test_search_records_three_complete_trials_in_optuna(searched: Path) -> None:
         assert Path(t.user_attrs["trial_dir"], "config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_search_logs_one_parent_and_three_children_in_mlflow(searched: Path) -> None:
     client = MlflowClient(tracking_uri_for(searched))
     exp = client.get_experiment_by_name("tiny")
@@ -86,6 +68,7 @@ def test_search_logs_one_parent_and_three_children_in_mlflow(searched: Path) -> 
         assert {"config.yaml", "metrics.json"} <= artifacts
 
 
+@pytest.mark.slow
 def test_export_writes_loadable_front(searched: Path) -> None:
     run = vlmnas("export", f"study.workdir={searched}", "study.name=tiny", *TINY)
     assert run.returncode == 0, run.stderr
@@ -101,6 +84,7 @@ def test_export_writes_loadable_front(searched: Path) -> None:
         assert [i.name for i in sess.get_inputs()] == ["pixel_values", "tile_mask", "input_ids"]
 
 
+@pytest.mark.slow
 def test_rerun_with_same_name_keeps_finished_trials(searched: Path) -> None:
     run = vlmnas(
         "search", f"study.workdir={searched}", "study.name=tiny", "study.n_trials=3", *TINY
@@ -121,6 +105,7 @@ def make_bars(root: Path, train: int, val: int) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_search_on_user_llava_data(tmp_path: Path) -> None:
     data = make_bars(tmp_path / "bars", 40, 10)
     workdir = tmp_path / "runs"
@@ -153,6 +138,9 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+# Slow: a Python per case, importing every dependency first (test_config.py checks the
+# same messages in-process, in the quick loop).
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -177,12 +165,12 @@ def _has_cuda() -> bool:
         (["search_space=huge"], "search_space='huge' is not a known option"),
         (
             ["study.n_trials=many"],
-            "study.n_trials: Value 'many' of type 'str' could not be converted to Integer",
+            "study.n_trials='many': must be an integer",
         ),
         (["trainer.max_epochs=1.5"], "trainer.max_epochs"),
         (
             ["study.sampler=grid"],
-            "study.sampler='grid'; allowed ['nsga2', 'nsga3', 'tpe', 'gp', 'random']",
+            "study.sampler='grid': allowed 'nsga2', 'nsga3', 'tpe', 'gp', 'random'",
         ),
         ("BAD_LLAVA", "val.json record 1"),
     ],
@@ -201,6 +189,7 @@ def test_bad_input_is_one_line_before_anything_is_written(
     assert not (workdir / "optuna.db").exists() and not (workdir / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_dashboard_serves_the_study_on_loopback(searched: Path) -> None:
     import time
     import urllib.request

@@ -8,10 +8,13 @@ import json
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from dashboards import tracking_uri_for
-from tests.integration.test_cli import TINY, vlmnas
+from tests.integration._cli import TINY, vlmnas
+
+pytestmark = pytest.mark.slow
 
 
 def _study(workdir: Path, name: str) -> optuna.Study:

@@ -6,10 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from dashboards import tracking_uri_for
-from tests.integration.test_cli import TINY, vlmnas
+from tests.integration._cli import TINY, vlmnas
+
+pytestmark = pytest.mark.slow
 
 
 def test_nan_loss_trials_fail_cleanly_and_the_limit_stops_the_study(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ from mlflow.tracking import MlflowClient
 
 from dashboards import tracking_uri_for
 from hardware_profiles import HardwareProfile, ProfileError
-from tests.integration.test_cli import TINY, vlmnas
+from tests.integration._cli import TINY, vlmnas
 
-pytestmark = pytest.mark.npu
+pytestmark = [pytest.mark.npu, pytest.mark.slow]
 
 
 def test_search_on_cpu_and_npu_logs_every_profile_metric(tmp_path: Path) -> None:

@@ -12,11 +12,14 @@ import tempfile
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from dashboards import tracking_uri_for
+from tests.integration._cli import REPO, TINY
 from tests.integration._net import free_port
-from tests.integration.test_cli import REPO, TINY
+
+pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).with_name("ray"))
 

@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from dashboards import tracking_uri_for
-from tests.integration.test_cli import REPO, TINY, vlmnas
+from tests.integration._cli import REPO, TINY, vlmnas
+
+pytestmark = pytest.mark.slow
 
 N_TRIALS = 4
 

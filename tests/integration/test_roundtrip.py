@@ -8,11 +8,14 @@ import json
 from pathlib import Path
 
 import onnxruntime as ort
+import pytest
 import yaml
 
 from search_spaces import ArchConfig, decode_accuracy
-from tests.integration.test_cli import vlmnas
+from tests.integration._cli import vlmnas
 from trainers.data import ImageCache, VQAData, encode_eval
+
+pytestmark = pytest.mark.slow
 
 LEARNS = [  # a budget on which the tiny candidate learns something (accuracy > 0)
     "trainer.max_epochs=12",

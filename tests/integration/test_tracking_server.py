@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.integration._cli import TINY, vlmnas
 from tests.integration._net import free_port, wait_for_port
-from tests.integration.test_cli import TINY, vlmnas
+
+pytestmark = pytest.mark.slow
 
 
 def test_search_logs_to_a_tracking_server(tmp_path: Path) -> None:

@@ -92,10 +92,10 @@ def test_overrides_reach_the_typed_groups() -> None:
             "search_space 'llava_next': lm.depth choice 0 must be >= 1",
         ),
         (
-            ["+study.heartbeat_interval=30", "+study.stale_after=30"],
+            ["study.heartbeat_interval=30", "study.stale_after=30"],
             "study.stale_after=30: must be > study.heartbeat_interval=30",
         ),
-        (["+study.heartbeat_interval=0"], "study.heartbeat_interval=0: must be >= 1"),
+        (["study.heartbeat_interval=0"], "study.heartbeat_interval=0: must be >= 1"),
         (["data=llava"], "data.root is required (set it with data.root=...)"),
     ],
 )

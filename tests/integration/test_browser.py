@@ -21,8 +21,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.integration._net import free_port, start_dashboard, wait_for_port
 from tests.integration._cli import REPO, TINY, vlmnas
+from tests.integration._net import free_port, start_dashboard, wait_for_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # its fixture runs a whole search
 ARTIFACTS = REPO / "test-artifacts"

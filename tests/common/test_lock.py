@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from common import LOCK_DIR_ENV, busy, lock_dir, measuring
+from tests._procs import join_or_kill
 
 _fork = mp.get_context("fork")
 Section = Callable[[], AbstractContextManager[None]]
@@ -37,12 +38,7 @@ def _run(target: Callable[..., object], *args: object, timeout: float) -> int | 
     """Run `target` in a forked child; its exit code, or None if it was still running."""
     proc = _fork.Process(target=target, args=args)
     proc.start()
-    proc.join(timeout)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        return None
-    return proc.exitcode
+    return join_or_kill(proc, timeout)
 
 
 def _enter_and_leave(section: Section) -> None:

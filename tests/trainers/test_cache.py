@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from search_spaces import ArchConfig
+from tests._procs import join_or_kill
 from trainers import TrainerConfig, cache_key, cached_fit
 from trainers.data import VQAData
 
@@ -62,15 +63,6 @@ def _fit_in_child(
     (out / "hit.json").write_text(json.dumps({"hit": hit, "history": result.val_accuracy_history}))
 
 
-def _join(proc: mp.process.BaseProcess, timeout: float) -> int | None:
-    proc.join(timeout)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        return None
-    return proc.exitcode
-
-
 # Slow: two fresh interpreters import torch and Lightning (15-25 s on 2 cores). The quick
 # loop keeps the test below, which fails too if training does not hold the entry's lock.
 @pytest.mark.slow
@@ -86,7 +78,7 @@ def test_two_processes_train_one_entry_once(tmp_path: Path, shapes_root: Path, t
     ]
     for p in procs:
         p.start()
-    codes = [_join(p, 300) for p in procs]
+    codes = [join_or_kill(p, 300) for p in procs]
     assert codes == [0, 0], f"exit codes {codes} (None: still running after 300 s)"
     assert len(log.read_text().splitlines()) == 1, "both processes trained the same entry"
     outcomes = [json.loads((tmp_path / n / "hit.json").read_text()) for n in "ab"]

@@ -23,6 +23,7 @@ from pathlib import Path
 import optuna
 
 from ._config import ConfigError, VlmnasConfig
+from ._front import reference_point
 from ._pareto import hypervolume, pareto_front
 from ._samplers import make_sampler
 
@@ -115,17 +116,13 @@ def replay(cfg: VlmnasConfig, table: Table, n_trials: int) -> list[ReplayTrial]:
 
 
 def reference(cfg: VlmnasConfig, table: Table) -> list[float]:
-    """Hypervolume reference point, as `search` sets it: the objective's `reference`,
-    else 0 when maximizing and twice the baseline's value when minimizing."""
+    """Hypervolume reference point, as `search` sets it (`_front.reference_point`): the
+    objective's `reference`, else 0 when maximizing and twice the baseline's value when
+    minimizing."""
     quant = {p.name: p.quant_schemes for p in cfg.profiles}
     baseline = table.rows[cfg.space.to_arch(cfg.space.baseline_params(quant)).arch_id]
-    ref = []
-    for o in cfg.study.objectives:
-        if o.reference is not None:
-            ref.append(o.reference)
-        else:
-            ref.append(0.0 if o.direction == "maximize" else 2.0 * baseline[o.metric])
-    return ref
+    objectives = cfg.study.objectives
+    return reference_point(objectives, [baseline[o.metric] for o in objectives])
 
 
 def nadir(cfg: VlmnasConfig, table: Table) -> list[float]:

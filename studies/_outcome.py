@@ -26,10 +26,11 @@ from optuna.trial import TrialState
 
 from dashboards import TrialRecord
 
-from ._config import Constraint, Objective
+from ._config import GLOBAL_METRICS, Constraint, Objective
 
-# Result keys that become MLflow metrics beside every "<profile>/<metric>".
-GLOBAL_METRICS = ("val_accuracy", "params", "train_s")
+# Result keys that become MLflow metrics beside every "<profile>/<metric>": the metrics
+# objectives may name, and the training time.
+LOGGED_GLOBALS = (*GLOBAL_METRICS, "train_s")
 # Result keys (by suffix) that become MLflow tags: facts, not numbers.
 TAG_SUFFIXES = ("/latency_source", "/scheme", "/runtime", "/device")
 
@@ -126,7 +127,7 @@ def mlflow_record(
     metrics = {
         k: float(v)
         for k, v in result.items()
-        if ("/" in k or k in GLOBAL_METRICS) and _finite(v) is not None
+        if ("/" in k or k in LOGGED_GLOBALS) and _finite(v) is not None
     }
     tags = {"arch_id": arch_id, "trial_number": str(number)}
     tags.update(

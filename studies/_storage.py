@@ -70,14 +70,14 @@ def driver_id() -> str:
     return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or '0'}"
 
 
-def driver_alive(driver: str, host: str | None = None) -> bool | None:
+def driver_alive(driver: str) -> bool | None:
     """Whether the driver `driver` still runs: True/False for one on this host, None
     (unknown) for another host's."""
     try:
         name, pid, ticks = driver.rsplit(":", 2)
     except ValueError:
         return None
-    if name != (host or socket.gethostname()):
+    if name != socket.gethostname():
         return None
     return _start_ticks(int(pid)) == ticks
 
@@ -316,13 +316,18 @@ def _open_study(storage: BaseStorage, cfg: VlmnasConfig) -> optuna.Study:
     return study
 
 
-def load_study(cfg: VlmnasConfig) -> optuna.Study:
-    """The study for reading (report, export): raises `ConfigError` when it is missing."""
+def existing_storage(cfg: VlmnasConfig) -> BaseStorage:
+    """The storage of a study that exists, for reading (report, export, dashboard);
+    raises `ConfigError` when it is missing. Checked before opening: opening a SQLite or
+    journal file that is not there would create an empty one."""
     db = cfg.workdir / "optuna.db"
     if not cfg.study.storage and not db.is_file():
         raise ConfigError(
             f"study.workdir={str(cfg.workdir)!r} has no optuna.db; run `vlmnas search` first"
         )
+    url = cfg.study.storage or ""
+    if url.startswith("journal:") and not Path(url.removeprefix("journal:")).expanduser().is_file():
+        raise ConfigError(f"study.storage={url!r}: no such journal file")
     storage = open_storage(cfg)
     known = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if cfg.study.name not in known:
@@ -330,4 +335,9 @@ def load_study(cfg: VlmnasConfig) -> optuna.Study:
             f"study.name={cfg.study.name!r} not found in {cfg.study.storage or db};"
             f" known studies: {known}"
         )
-    return optuna.load_study(study_name=cfg.study.name, storage=storage)
+    return storage
+
+
+def load_study(cfg: VlmnasConfig) -> optuna.Study:
+    """The study for reading; raises `ConfigError` when it is missing."""
+    return optuna.load_study(study_name=cfg.study.name, storage=existing_storage(cfg))

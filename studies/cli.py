@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "dashboard":
             from dashboards import MlflowTracker, serve
 
-            from ._storage import open_storage, storage_url
+            from ._storage import existing_storage, storage_url
 
             if not (cfg.workdir / "mlflow.db").is_file():
                 raise ConfigError(
@@ -98,25 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(
                     f"study.name={cfg.study.name!r} has no MLflow experiment in {cfg.workdir}"
                 )
-            storage = cfg.study.storage or storage_url(cfg.workdir)
-            # Opening a SQLite file or a journal that is not there would create an empty one.
-            if not cfg.study.storage and not (cfg.workdir / "optuna.db").is_file():
-                raise ConfigError(
-                    f"study.workdir={str(cfg.workdir)!r} has no optuna.db; run `vlmnas search` first"
-                )
-            journal = Path(storage.removeprefix("journal:")).expanduser()
-            if storage.startswith("journal:") and not journal.is_file():
-                raise ConfigError(f"study.storage={storage!r}: no such journal file")
-            try:
-                study_id = open_storage(cfg).get_study_id_from_name(cfg.study.name)
-            except KeyError:
-                raise ConfigError(
-                    f"study.name={cfg.study.name!r} is not in the Optuna storage {storage}"
-                ) from None
+            storage = existing_storage(cfg)  # refuses a missing store or study
+            study_id = storage.get_study_id_from_name(cfg.study.name)
             return serve(
                 cfg.workdir,
                 experiment_id=str(exp.experiment_id),
-                optuna_storage=storage,
+                optuna_storage=cfg.study.storage or storage_url(cfg.workdir),
                 optuna_study_id=study_id,
                 host=args.host,
                 port=args.port,

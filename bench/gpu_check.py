@@ -9,9 +9,12 @@ baseline and its largest corner) and each of fp32, fp16 and bf16, times one forw
 with `hardware_profiles._torch.measure`, eager and (on CUDA) graph-replayed, and prints a
 Markdown table with the machine it ran on. Inputs are synthetic, in the shapes
 `trainers.data.encode_eval` gives the shapes-VQA data (random pixels and token ids):
-latency does not depend on their values, and the script needs only torch, numpy and
-pyyaml. It checks that nothing heavier (onnxruntime, optuna, ray, mlflow, hydra, pillow,
-lightning) was imported on the way.
+latency does not depend on their values, and the script needs only torch, numpy,
+transformers and pyyaml. It checks that nothing heavier (onnxruntime, optuna, ray,
+mlflow, hydra, lightning) was imported on the way. (Pillow is not in that list:
+transformers imports it where it is installed, though the backend does not need it;
+tests/hardware_profiles/test_torch_backend.py runs the backend where none of them can be
+imported.)
 """
 
 from __future__ import annotations
@@ -30,10 +33,18 @@ import torch
 
 from hardware_profiles._report import cpu_description
 from hardware_profiles._torch import TORCH_SCHEMES, measure, prepare
-from search_spaces import ArchConfig, EncodedVQA, build_model
+from search_spaces import (
+    ArchConfig,
+    EncodedVQA,
+    build_model,
+    image_index,
+    max_image_tokens,
+    pad_indices,
+    tiles_of,
+)
 
 # A deployment host may have none of these; the PyTorch backend must not need them.
-NOT_NEEDED = ("onnxruntime", "optuna", "ray", "mlflow", "hydra", "PIL", "lightning")
+NOT_NEEDED = ("onnxruntime", "optuna", "ray", "mlflow", "hydra", "lightning")
 
 # Text side of the shapes-VQA data set (3000 training images): 46 words, conversations of
 # up to 43 tokens. Special ids as `trainers.data.WordTokenizer` numbers them.
@@ -85,26 +96,36 @@ class Profile:
 
 
 def synthetic_example(arch: ArchConfig, rows: int, rng: np.random.Generator) -> EncodedVQA:
-    """`rows` questions shaped like `encode_eval`'s: each image on a grid of
-    `arch.grid_pinpoints` (zero padding tiles after the real ones), `<image>` first in the
-    prompt, the question's words, then the separator; right-padded to TEXT_LEN."""
+    """`rows` questions shaped like `encode_eval`'s: each image fills one grid of
+    `arch.grid_pinpoints` exactly (its tiles real, zero padding tiles after them), its
+    `image_index` padded to `max_image_tokens`; the prompt is `<image>` (expanded to one id
+    per visual token for early fusion), the question's words, then the separator,
+    right-padded to the candidate's sequence length (`trainers.data.sequence_len`)."""
     tiles, side = arch.max_tiles, arch.vision.tile_size
-    grids = np.asarray(arch.grid_pinpoints)
-    real = 1 + grids.prod(axis=1)[rng.integers(len(grids), size=rows)]
+    grids = [arch.grid_pinpoints[i] for i in rng.integers(len(arch.grid_pinpoints), size=rows)]
+    sizes = [(r * side, c * side) for r, c in grids]
+    real = np.asarray([tiles_of(hw, arch) for hw in sizes])
     tile_mask = (np.arange(tiles) < real[:, None]).astype(np.float32)
     pixels = rng.uniform(-1.0, 1.0, (rows, tiles, 3, side, side)).astype(np.float32)
     pixels *= tile_mask[:, :, None, None, None]
-    prompt_lens = rng.integers(8, TEXT_LEN - 2, size=rows)
-    prompt_ids = np.full((rows, TEXT_LEN), PAD_ID, dtype=np.int64)
-    for row, length in enumerate(prompt_lens):
-        prompt_ids[row, 0] = IMAGE_ID
-        prompt_ids[row, 1 : length - 1] = rng.integers(FIRST_WORD_ID, VOCAB, size=length - 2)
-        prompt_ids[row, length - 1] = SEP_ID
+    indices = [image_index(hw, arch) for hw in sizes]
+    early = arch.fusion.early
+    length = TEXT_LEN - 1 + max_image_tokens(arch) if early else TEXT_LEN
+    text_lens = rng.integers(8, TEXT_LEN - 2, size=rows)  # with <image> and the separator
+    prompt_ids = np.full((rows, length), PAD_ID, dtype=np.int64)
+    prompt_lens = np.zeros(rows, dtype=np.int64)
+    for row, (text_len, index) in enumerate(zip(text_lens, indices, strict=True)):
+        n_image = len(index) if early else 1
+        words = rng.integers(FIRST_WORD_ID, VOCAB, size=text_len - 2)
+        prompt = [IMAGE_ID] * n_image + words.tolist() + [SEP_ID]
+        prompt_ids[row, : len(prompt)] = prompt
+        prompt_lens[row] = len(prompt)
     return EncodedVQA(
         pixel_values=pixels,
         tile_mask=tile_mask,
+        image_index=pad_indices(indices, arch, max_image_tokens(arch)),
         prompt_ids=prompt_ids,
-        prompt_lens=prompt_lens.astype(np.int64),
+        prompt_lens=prompt_lens,
         answer_ids=rng.integers(FIRST_WORD_ID, VOCAB, size=(rows, 1)),
         eos_id=EOS_ID,
         pad_id=PAD_ID,
@@ -145,8 +166,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for name, config in CANDIDATES.items():
         arch = ArchConfig.from_dict(config)
-        torch.manual_seed(0)
-        model = build_model(arch, vocab_size=VOCAB, max_text_len=TEXT_LEN, image_token_id=IMAGE_ID)
+        model = build_model(
+            arch,
+            vocab_size=VOCAB,
+            image_token_id=IMAGE_ID,
+            pad_token_id=PAD_ID,
+            eos_token_id=EOS_ID,
+            seed=0,
+        )
         example = synthetic_example(arch, args.batch, rng)
         for scheme in TORCH_SCHEMES:
             prepared = prepare(model, scheme, args.device)

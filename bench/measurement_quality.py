@@ -84,10 +84,11 @@ def main() -> None:
             val = encode_eval(data.val, data.tokenizer, arch, data.text_len, images)
             calibration = encode_eval(data.train[:4], data.tokenizer, arch, data.text_len, images)
             fp32 = export_onnx(model_for(arch, data), Path(tmp) / f"{name}.onnx", val)
+            first = val.slice(0, 1)
             feeds = {
-                "pixel_values": val.pixel_values[:1],
-                "tile_mask": val.tile_mask[:1],
-                "input_ids": val.prompt_ids[:1],
+                "pixel_values": first.pixel_values,
+                "image_index": first.image_index,
+                "input_ids": first.prompt_ids,
             }
             for scheme in ("fp32", "int8_dynamic"):
                 path = quantize(fp32, scheme, Path(tmp) / f"{name}_{scheme}.onnx", calibration)

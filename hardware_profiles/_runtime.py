@@ -16,19 +16,19 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from search_spaces import EncodedVQA, decode_accuracy
+from search_spaces import FAMILY, EncodedVQA, decode_accuracy
 
 from ._profile import ORT_SCHEMES, HardwareProfile, ProfileError, register_ep_library
 from ._report import LatencyReport, cpu_description, time_runs
 
-INPUT_NAMES = ("pixel_values", "tile_mask", "input_ids")
+INPUT_NAMES = ("pixel_values", "image_index", "input_ids")
 OPSET = 17
 
 
 def export_onnx(
     model: torch.nn.Module, path: Path, example: EncodedVQA, *, static: bool = False
 ) -> Path:
-    """Export `model` (inputs as in `search_spaces._model`) with a dynamic batch axis, or
+    """Export `model` (inputs as in `search_spaces.VlmModel`) with a dynamic batch axis, or
     with batch 1 fixed when `static` (NPU compilers need fixed shapes).
 
     Uses the TorchScript exporter: it takes ~0.1 s for these models against several
@@ -38,7 +38,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     args = (
         torch.from_numpy(example.pixel_values[:1]),
-        torch.from_numpy(example.tile_mask[:1]),
+        torch.from_numpy(example.image_index[:1]),
         torch.from_numpy(example.prompt_ids[:1]),
     )
     tmp = path.with_suffix(".tmp.onnx")
@@ -182,7 +182,7 @@ class _CalibrationReader:
         part = self._data.slice(i, i + 1)
         return {
             "pixel_values": part.pixel_values,
-            "tile_mask": part.tile_mask,
+            "image_index": part.image_index,
             "input_ids": part.prompt_ids,
         }
 
@@ -353,6 +353,7 @@ class LatencyCache:
     def key(self, graph_id: str, scheme: str, profile: HardwareProfile) -> str:
         payload = json.dumps(
             {
+                "family": FAMILY,
                 "graph": graph_id,
                 "scheme": scheme,
                 "profile": asdict(profile),
@@ -383,10 +384,9 @@ def evaluate(
         data = data.slice(0, profile.validation_subset)
     sess = session(onnx_path, profile)
 
-    def forward(pixels: np.ndarray, mask: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        return sess.run(["logits"], {"pixel_values": pixels, "tile_mask": mask, "input_ids": ids})[
-            0
-        ]
+    def forward(pixels: np.ndarray, index: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        feeds = {"pixel_values": pixels, "image_index": index, "input_ids": ids}
+        return sess.run(["logits"], feeds)[0]
 
     return decode_accuracy(
         forward, data, max_new_tokens=max_new_tokens, batch_size=profile.eval_batch
@@ -406,6 +406,6 @@ def _feeds(example: EncodedVQA, batch: int) -> dict[str, np.ndarray]:
     take = lambda a: np.concatenate([a] * reps)[:batch]  # noqa: E731
     return {
         "pixel_values": take(example.pixel_values),
-        "tile_mask": take(example.tile_mask),
+        "image_index": take(example.image_index),
         "input_ids": take(example.prompt_ids),
     }

@@ -1,9 +1,10 @@
 """PyTorch backend of the `gpu` profile: cast, save, time and evaluate a candidate in torch.
 
-The model runs as built (`search_spaces._model`), cast to the scheme's dtype, on a CUDA
-GPU (or the CPU, to exercise the same code here). This module imports only torch, numpy,
-the standard library and `search_spaces`: a deployment host may have nothing else (no
-onnxruntime, optuna, ray, mlflow or hydra).
+The model runs as built (`search_spaces.VlmModel`, a transformers LLaVA-NeXT), cast to
+the scheme's dtype, on a CUDA GPU (or the CPU, to exercise the same code here). This
+module imports only torch, numpy, the standard library and `search_spaces` (which needs
+transformers): a deployment host may have nothing else (no onnxruntime, optuna, ray,
+mlflow or hydra).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _SCHEME_OF = {dtype: scheme for scheme, dtype in _DTYPES.items()}
 # initialisation (cuBLAS handles, autotuning) must not happen inside the graph.
 _CAPTURE_WARMUP = 3
 
-Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # pixel_values, tile_mask, input_ids
+Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # pixel_values, image_index, input_ids
 
 
 class TorchProfile(TimingSettings, Protocol):
@@ -128,9 +129,9 @@ def evaluate(
     """Exact-match accuracy of greedy answers decoded by `model` (from `prepare`) on its
     device and in its dtype, `profile.eval_batch` rows per forward pass."""
 
-    def forward(pixels: np.ndarray, mask: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    def forward(pixels: np.ndarray, index: np.ndarray, ids: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            logits = model(*_inputs(model, pixels, mask, ids))
+            logits = model(*_inputs(model, pixels, index, ids))
         return logits.float().cpu().numpy()
 
     return decode_accuracy(
@@ -172,17 +173,17 @@ def _fill(example: EncodedVQA, batch: int) -> tuple[np.ndarray, np.ndarray, np.n
     def take(a: np.ndarray) -> np.ndarray:
         return np.resize(a, (batch, *a.shape[1:]))
 
-    return take(example.pixel_values), take(example.tile_mask), take(example.prompt_ids)
+    return take(example.pixel_values), take(example.image_index), take(example.prompt_ids)
 
 
 def _inputs(
-    model: torch.nn.Module, pixels: np.ndarray, mask: np.ndarray, ids: np.ndarray
+    model: torch.nn.Module, pixels: np.ndarray, index: np.ndarray, ids: np.ndarray
 ) -> Inputs:
-    """numpy inputs as tensors on `model`'s device, the float ones in its dtype."""
+    """numpy inputs as tensors on `model`'s device, the pixels in its dtype."""
     device, dtype = _device_dtype(model)
     return (
         torch.from_numpy(np.ascontiguousarray(pixels)).to(device=device, dtype=dtype),
-        torch.from_numpy(np.ascontiguousarray(mask)).to(device=device, dtype=dtype),
+        torch.from_numpy(np.ascontiguousarray(index)).to(device=device),
         torch.from_numpy(np.ascontiguousarray(ids)).to(device=device),
     )
 

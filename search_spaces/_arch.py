@@ -67,9 +67,10 @@ class VisionTowerConfig:
     feature_layer: FeatureLayer = "last"
     pooling: Pooling = "none"
     # Image-token positions: `learnable` (a trained table over the tile's patch grid) or
-    # `sincos_2d` (fixed 2D sinusoidal over the patch's row and column, plus a fixed
-    # sinusoidal code of the tile's slot, so that AnyRes tiles keep their place).
+    # `sincos_2d` (fixed 2D sinusoidal over the patch's row and column, frozen).
     pos_encoding: PosEncoding = "learnable"
+    # Feed-forward hidden size where it is not `mlp_ratio * width` (a checkpoint's own).
+    intermediate: Positive | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -97,6 +98,10 @@ class VisionTowerConfig:
         return self.patches_per_tile // (4 if self.pooling == "avg2x2" else 1)
 
     @property
+    def hidden(self) -> int:
+        return self.intermediate or self.mlp_ratio * self.width
+
+    @property
     def layers_run(self) -> int:
         """Encoder layers actually computed (the last is skipped for `second_last`)."""
         return self.depth - (1 if self.feature_layer == "second_last" else 0)
@@ -105,12 +110,24 @@ class VisionTowerConfig:
 @checked(ValueError, where="lm", intro=_INVALID)
 @dataclass(frozen=True, config=CONFIG)
 class LanguageModelConfig:
-    """A causal decoder over the text sequence with image tokens spliced in."""
+    """A causal decoder over the text sequence with image tokens spliced in.
+
+    For a candidate cut from a checkpoint, `depth` counts the layers kept: the
+    checkpoint's `depth + drop_layers` minus the `drop_layers` of lowest block influence
+    (ShortGPT), chosen on calibration rows when the candidate is built.
+    """
 
     depth: Positive = 2
     width: Positive = 96
     heads: Positive = 4
     mlp_ratio: Positive = 2
+    intermediate: Positive | None = None  # where it is not mlp_ratio * width
+    kv_heads: Positive | None = None  # grouped-query attention; None: = heads
+    drop_layers: Annotated[int, Field(ge=0)] = 0
+
+    @property
+    def hidden(self) -> int:
+        return self.intermediate or self.mlp_ratio * self.width
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -210,6 +227,27 @@ class RecipeConfig:
         return _raise_any(self, problems)
 
 
+@checked(ValueError, where="tokens", intro=_INVALID)
+@dataclass(frozen=True, config=CONFIG)
+class TokensConfig:
+    """Visual-token pruning inside the LM, training-free (FastV, Chen et al. 2024): after
+    LM layer `prune_layer`, keep the `1 - prune_ratio` share of each image's tokens that
+    the last prompt token attends to most (0 = off)."""
+
+    prune_layer: Positive = 2
+    prune_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+
+@checked(ValueError, where="adapt", intro=_INVALID)
+@dataclass(frozen=True, config=CONFIG)
+class AdaptConfig:
+    """How a candidate cut from a checkpoint is fine-tuned: `lora_rank` 0 trains nothing
+    of the checkpoint (training-free, or only the new adapters), else LoRA (peft) of that
+    rank on the LM's attention and MLP projections, merged before export."""
+
+    lora_rank: Annotated[int, Field(ge=0)] = 0
+
+
 @checked(ValueError, intro=_INVALID)
 @dataclass(frozen=True, config=CONFIG)
 class ArchConfig:
@@ -238,6 +276,11 @@ class ArchConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     quant: tuple[tuple[str, str], ...] = ()
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    # The checkpoint a candidate is cut from (`backbone_id`: a hash of its config and
+    # weights), None for a candidate trained from scratch.
+    backbone: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -248,6 +291,12 @@ class ArchConfig:
                 f"fusion.xattn_layers={list(f.xattn_layers)}: indices must be in"
                 f" [0, {depth - 1}] (lm.depth={depth})"
             )
+        if self.tokens.prune_ratio > 0 and self.tokens.prune_layer >= depth:
+            problems.append(
+                f"tokens.prune_layer={self.tokens.prune_layer}: must be < lm.depth={depth}"
+            )
+        if self.adapt.lora_rank and self.backbone is None:
+            problems.append("adapt.lora_rank applies to a candidate cut from a checkpoint")
         if f.text_only_from is not None and f.text_only_from >= depth:
             problems.append(
                 f"fusion.text_only_from={f.text_only_from}: must be in [1, {depth - 1}]"
@@ -262,8 +311,19 @@ class ArchConfig:
 
     @property
     def image_tokens(self) -> int:
-        """Visual tokens the language model sees per image (padded tiles included)."""
+        """Tile features the vision tower computes per image (`max_tiles` tiles, padding
+        tiles included): the tower's static workload. How many of them reach the LM
+        depends on the image's size (LLaVA-NeXT's unpadding): `image_tokens_max`, and
+        the trial's `image_tokens` metric."""
         return self.max_tiles * self.vision.tokens_per_tile
+
+    @property
+    def image_tokens_max(self) -> int:
+        """The most visual tokens any image gives the LM (base tile, largest grid, a
+        newline per grid row)."""
+        from ._packing import max_image_tokens
+
+        return max_image_tokens(self)
 
     def quant_for(self, profile: str) -> str:
         return dict(self.quant).get(profile, "fp32")
@@ -318,14 +378,30 @@ def _raise_any(config: _C, problems: list[str]) -> _C:
     return config
 
 
+# (section, field, default) of fields added after the first release
+_ADDED_LATER = (
+    ("vision", "pos_encoding", "learnable"),
+    ("vision", "intermediate", None),
+    ("lm", "intermediate", None),
+    ("lm", "kv_heads", None),
+    ("lm", "drop_layers", 0),
+)
+
+
 def _hash(data: dict[str, Any]) -> str:
     # Fields added after the first release enter the hash only away from their default,
     # so ids of earlier studies, caches and tables stay valid.
     data = dict(data)
     if data.get("recipe") == dataclasses.asdict(RecipeConfig()):
         data.pop("recipe")
-    vision = data.get("vision")
-    if isinstance(vision, dict) and vision.get("pos_encoding") == "learnable":
-        data["vision"] = {k: v for k, v in vision.items() if k != "pos_encoding"}
+    for section, key, default in _ADDED_LATER:
+        part = data.get(section)
+        if isinstance(part, dict) and part.get(key) == default:
+            data[section] = {k: v for k, v in part.items() if k != key}
+    for name, section_default in (("tokens", TokensConfig()), ("adapt", AdaptConfig())):
+        if data.get(name) == dataclasses.asdict(section_default):
+            data.pop(name)
+    if data.get("backbone") is None:
+        data.pop("backbone", None)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]

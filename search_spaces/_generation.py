@@ -1,7 +1,7 @@
 """Greedy answer decoding for the model family, independent of the runtime.
 
 The same loop serves PyTorch (validation during training) and ONNX Runtime (accuracy on
-a hardware profile): it only needs `forward(pixel_values, tile_mask, input_ids) -> logits`
+a hardware profile): it only needs `forward(pixel_values, image_index, input_ids) -> logits`
 on numpy arrays.
 """
 
@@ -20,7 +20,9 @@ class EncodedVQA:
     """Question-answer examples in the model's input format, one row per answer.
 
     - `pixel_values`: (N, T, 3, tile, tile) float32
-    - `tile_mask`: (N, T) float32
+    - `tile_mask`: (N, T) float32, 1 for the image's own tiles, 0 for padding tiles
+    - `image_index`: (N, K) int64, the visual tokens' rows in the feature table
+      (`search_spaces._packing`)
     - `prompt_ids`: (N, L) int64, the conversation up to and including the question's
       separator token, right-padded with `pad_id`
     - `prompt_lens`: (N,) int64
@@ -31,6 +33,7 @@ class EncodedVQA:
 
     pixel_values: np.ndarray
     tile_mask: np.ndarray
+    image_index: np.ndarray
     prompt_ids: np.ndarray
     prompt_lens: np.ndarray
     answer_ids: np.ndarray
@@ -44,6 +47,7 @@ class EncodedVQA:
         return EncodedVQA(
             self.pixel_values[start:stop],
             self.tile_mask[start:stop],
+            self.image_index[start:stop],
             self.prompt_ids[start:stop],
             self.prompt_lens[start:stop],
             self.answer_ids[start:stop],
@@ -68,7 +72,7 @@ def greedy_decode(forward: Forward, batch: EncodedVQA, max_new_tokens: int) -> n
         active = ~done & (pos < length)
         if not active.any():
             break
-        logits = forward(batch.pixel_values, batch.tile_mask, ids)
+        logits = forward(batch.pixel_values, batch.image_index, ids)
         next_ids = logits[rows, pos - 1].argmax(-1)
         out[active, step] = next_ids[active]
         done |= active & (next_ids == batch.eos_id)

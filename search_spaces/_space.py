@@ -40,7 +40,7 @@ CONF_DIR = Path(__file__).parent / "conf" / "search_space"
 
 # The ArchConfig fields that are not lists of choices: grid_pinpoints are named sets
 # (below), quant is sampled per profile from the profile's schemes.
-_NOT_LEAVES = ("grid_pinpoints", "quant")
+_NOT_LEAVES = ("grid_pinpoints", "quant", "backbone")
 # Where the space's choices differ from the field's values: the space names the
 # cross-attention layers by pattern, the ArchConfig holds the indices (xattn_layer_set).
 _CHOICE_TYPES: dict[str, Any] = {"fusion.xattn_layers": XattnPattern}
@@ -48,7 +48,13 @@ _CHOICE_TYPES: dict[str, Any] = {"fusion.xattn_layers": XattnPattern}
 # field's default.
 _ADDED_LATER = (
     "vision.pos_encoding",
+    "vision.intermediate",
+    "lm.intermediate",
+    "lm.kv_heads",
+    "lm.drop_layers",
     *(f"recipe.{f.name}" for f in dataclasses.fields(ArchConfig().recipe)),
+    *(f"tokens.{f.name}" for f in dataclasses.fields(ArchConfig().tokens)),
+    *(f"adapt.{f.name}" for f in dataclasses.fields(ArchConfig().adapt)),
 )
 _CROSS_ONLY = ("fusion.xattn_layers", "fusion.gating")
 _EARLY_ONLY = ("fusion.image_attention", "fusion.share_ratio")
@@ -109,12 +115,24 @@ class SearchSpace:
     pinpoint_sets: Mapping[str, tuple[tuple[int, int], ...]]
     baseline: Mapping[str, Any]  # parameter name -> value, for the reference trial
 
+    kind = "scratch"
+
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, name: str) -> SearchSpace:
-        """Validate a parsed space; raises `SearchSpaceError` naming the first bad key."""
+    def from_mapping(cls, data: Mapping[str, Any], *, name: str) -> Any:
+        """Validate a parsed space; raises `SearchSpaceError` naming the first bad key.
+        A space with `kind: pretrained` is a `PretrainedSpace` (cutting a checkpoint)."""
         where = f"search_space {name!r}"
         if not isinstance(data, Mapping):
             raise SearchSpaceError(f"{where}: expected a mapping, got {type(data).__name__}")
+        if data.get("kind", "scratch") == "pretrained":
+            from ._pretrained import PretrainedSpace
+
+            return PretrainedSpace.from_mapping(data, name=name)
+        if data.get("kind", "scratch") != "scratch":
+            raise SearchSpaceError(
+                f"{where}: kind={data['kind']!r}; allowed 'scratch' or 'pretrained'"
+            )
+        data = {k: v for k, v in data.items() if k != "kind"}
         top = sorted({k.split(".")[0] for k in _LEAVES} | {"grid_pinpoints", "baseline"})
         choices: dict[str, tuple[Any, ...]] = {}
         for key, value in data.items():

@@ -26,9 +26,15 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from common import CONFIG, checked, choices
 from hardware_profiles import HardwareProfile, ProfileError
-from search_spaces import SearchSpace, SearchSpaceError
+from search_spaces import (
+    BackboneError,
+    SearchSpace,
+    SearchSpaceError,
+    inspect_backbone,
+    register_backbone,
+)
 from trainers import TrainerConfig
-from trainers.data import DataConfig, DataError
+from trainers.data import DataConfig, DataError, WordTokenizer, checkpoint_codec
 
 Sampler = Literal["nsga2", "nsga3", "tpe", "gp", "random"]
 SAMPLERS: tuple[str, ...] = choices(Sampler)
@@ -283,7 +289,7 @@ class RaySpec:
 
 @dataclass(frozen=True)
 class VlmnasConfig:
-    space: SearchSpace
+    space: Any  # SearchSpace, or a PretrainedSpace bound to its backbone
     profiles: tuple[HardwareProfile, ...]
     data: DataConfig
     trainer: TrainerConfig
@@ -305,7 +311,17 @@ class VlmnasConfig:
         return next(p for p in self.profiles if p.name == name)
 
 
-_GROUPS = ("search_space", "hardware", "data", "trainer", "study", "ray", "export")
+_GROUPS = (
+    "search_space",
+    "hardware",
+    "data",
+    "trainer",
+    "study",
+    "ray",
+    "export",
+    "backbone",
+    "pretrain",
+)
 
 
 def load_config(overrides: Sequence[str] = ()) -> VlmnasConfig:
@@ -346,7 +362,8 @@ def load_config(overrides: Sequence[str] = ()) -> VlmnasConfig:
         profiles = tuple(
             HardwareProfile.from_mapping(str(name), node) for name, node in hardware.items()
         )
-    except (SearchSpaceError, ProfileError) as exc:
+        space = _bind_backbone(space, raw.get("backbone") or {})
+    except (SearchSpaceError, ProfileError, BackboneError) as exc:
         raise ConfigError(str(exc)) from None
     data = _group(DataConfig, raw, "data")
     trainer = _group(TrainerConfig, raw, "trainer")
@@ -357,6 +374,50 @@ def load_config(overrides: Sequence[str] = ()) -> VlmnasConfig:
     # Resolved here, in the driver: Ray runs trials with another working directory.
     study.workdir = str(Path(study.workdir).expanduser().resolve())
     return VlmnasConfig(space, profiles, data, trainer, study, raw, choices, ray, export)
+
+
+def _bind_backbone(space: Any, node: Any) -> Any:
+    """A pretrained space bound to `backbone.path` (checked, before any trial); a scratch
+    space must not name one."""
+    if not isinstance(node, dict) or set(node) - {"path"}:
+        raise ConfigError(f"backbone={node!r}: allowed backbone.path=DIR")
+    path = node.get("path")
+    if space.kind != "pretrained":
+        if path:
+            raise ConfigError(
+                f"backbone.path={path!r} applies to a pretrained search space, e.g."
+                " search_space=llava_next_pretrained"
+            )
+        return space
+    if not path:
+        raise ConfigError(
+            f"search_space={space.name} cuts a checkpoint down: give backbone.path=DIR"
+            " (a LLaVA-NeXT transformers folder, e.g. checkpoints/shapes-llava-next)"
+        )
+    folder = Path(str(path)).expanduser()
+    if not folder.is_absolute() and not folder.exists() and (_REPO / folder).exists():
+        folder = _REPO / folder  # the shipped checkpoint, from anywhere in a source checkout
+    return space.bind(inspect_backbone(folder))
+
+
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def text_side(cfg: VlmnasConfig, trial_dir: Path | None = None) -> Any:
+    """What the study's text goes through: the checkpoint's tokenizer and chat template
+    (`ChatCodec`) for a pretrained space, else vlmnas's word tokenizer (from a trial's
+    folder when given, or None: built from the data)."""
+    backbone = getattr(cfg.space, "backbone", None)
+    if backbone is not None:
+        register_backbone(backbone)
+        return checkpoint_codec(
+            backbone.path,
+            image_token_id=int(backbone.config.image_token_id),
+            vocab_size=int(backbone.config.text_config.vocab_size),
+        )
+    if trial_dir is not None:
+        return WordTokenizer.from_json((trial_dir / "word_tokenizer.json").read_text())
+    return None
 
 
 def _group(cls: Callable[..., _T], raw: dict[str, Any], group: str) -> _T:

@@ -12,9 +12,12 @@ Selection policies (`export.policy`):
 
 `export.profile` names the profile whose deployed model is exported and whose metrics
 the last two policies read (default: the first selected profile). Each winner's folder
-`<workdir>/<study>/export/<trial>/` holds `config.yaml`, `model.onnx` (or `model.pt` for
-a torch profile), `tokenizer.json`, `metrics.json` and `model_card.md`; it is written
-atomically and replaces an older export of the same trial.
+`<workdir>/<study>/export/<trial>/` is a transformers LLaVA-NeXT folder (`config.json`,
+`model.safetensors`, tokenizer and processor files: `from_pretrained` loads it, and a
+plain candidate needs nothing of vlmnas) next to the deployed model `model.onnx` (or
+`model.pt` for a torch profile), `config.yaml` (the vlmnas candidate and deployment),
+`word_tokenizer.json`, `metrics.json` and `model_card.md`. It is written atomically and
+replaces an older export of the same trial.
 """
 
 from __future__ import annotations
@@ -32,7 +35,11 @@ from typing import Any
 import optuna
 import yaml
 
-from ._config import ConfigError, VlmnasConfig
+from search_spaces import ArchConfig
+from trainers import load_trained
+from trainers.data import save_candidate
+
+from ._config import ConfigError, VlmnasConfig, text_side
 from ._front import front_of, state_of
 from ._storage import load_study
 
@@ -129,6 +136,7 @@ def _write_winner(
     tmp = Path(tempfile.mkdtemp(prefix=f".{trial.number}-", dir=out_root))
     try:
         config = yaml.safe_load((src / "config.yaml").read_text())
+        arch = ArchConfig.from_dict(config["arch"])
         config["deployment"] = {
             "profile": profile,
             "scheme": record["info"].get(f"{profile}/scheme", "fp32"),
@@ -136,7 +144,8 @@ def _write_winner(
             "hardware": {p.name: _profile_dict(p) for p in cfg.profiles},
         }
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
+        # the transformers folder: config.json, model.safetensors, tokenizer, processor
+        save_candidate(load_trained(arch, src), text_side(cfg, src), tmp)
         shutil.copyfile(model, tmp / ("model" + model.suffix))
         objectives = dict(zip([o.metric for o in cfg.study.objectives], trial.values, strict=True))
         exported = {

@@ -128,7 +128,7 @@ def publish(
             )
         return {
             "fusion": ", ".join(fusion),
-            "image_tokens": arch.image_tokens,
+            "image_tokens": _image_tokens(config.parent, arch),
             "lm": f"{arch.lm.depth} x {arch.lm.width}",
             "vision": f"{v.depth} x {v.width}"
             + (f", {v.pooling} pooling" if v.pooling != "none" else ""),
@@ -210,3 +210,13 @@ def publish(
         }
         tracker.mark_front(cfg.study.name, parent_run, set(front), models)
     return report
+
+
+def _image_tokens(trial_dir: Path, arch: ArchConfig) -> str:
+    """Visual tokens per image as the trial measured them (AnyRes: they depend on each
+    image's size), else the candidate's most."""
+    try:
+        measured = json.loads((trial_dir / "metrics.json").read_text())["metrics"]["image_tokens"]
+        return f"{measured:.0f} (at most {arch.image_tokens_max})"
+    except (OSError, KeyError, ValueError, TypeError):
+        return f"at most {arch.image_tokens_max}"

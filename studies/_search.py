@@ -26,7 +26,7 @@ from search_spaces import ArchConfig
 from trainers.data import prepare_data
 
 from ._book import StudyError, TrialBook
-from ._config import VlmnasConfig, available_profiles
+from ._config import VlmnasConfig, available_profiles, text_side
 from ._front import front_of, state_of
 from ._ray import TrialFn, ray_session, run_trials
 from ._review import publish
@@ -45,7 +45,7 @@ def search(cfg: VlmnasConfig, *, trial_fn: TrialFn | None = None) -> SearchSumma
     for message in dropped:
         print(f"vlmnas: {message}", flush=True)
     cfg.workdir.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(cfg.data, cfg.workdir)
+    data = prepare_data(cfg.data, cfg.workdir, text_side(cfg))
     timing = Timing()
     with StudyStore(cfg, timing) as store:
         with timing.part("mlflow_setup"), _local_lock(cfg, "mlflow"):

@@ -37,11 +37,11 @@ from hardware_profiles import (
     latency,
     size_mb,
 )
-from search_spaces import ArchConfig, EncodedVQA
-from trainers import cached_fit, model_for, study_teacher
+from search_spaces import ArchConfig, EncodedVQA, newline_index
+from trainers import cached_fit, model_for, needs_training, save_weights, study_teacher
 from trainers.data import ImageCache, VQAData, encode_eval
 
-from ._config import VlmnasConfig
+from ._config import VlmnasConfig, text_side
 
 Report = Callable[[int, dict[str, float]], None]
 
@@ -58,7 +58,7 @@ def run_trial(
 ) -> TrialOutcome:
     trial_dir = cfg.study_dir / "trials" / str(number)
     trial_dir.mkdir(parents=True, exist_ok=True)
-    data = VQAData.load(data_root)
+    data = VQAData.load(data_root, text_side(cfg))
     tok = data.tokenizer
     images = ImageCache()
     val = encode_eval(data.val, tok, arch, data.text_len, images)
@@ -71,7 +71,9 @@ def run_trial(
 
     # 1. Cheap objectives on the untrained candidate: latency and size do not depend on
     #    the weights' values, only on the graph and the scheme.
-    untrained = model_for(arch, data)
+    untrained = model_for(arch, data, images)
+    # visual tokens per image (LLaVA-NeXT's AnyRes: they depend on its size), on average
+    metrics["image_tokens"] = float((val.image_index <= newline_index(arch)).sum(1).mean())
     cheap, cheap_info = cheap_metrics(untrained, arch, cfg, data, val, calibration)
     metrics.update(cheap)
     info.update(cheap_info)
@@ -97,15 +99,29 @@ def run_trial(
             images,
         )
         metrics["teacher_val_accuracy"] = teacher.val_accuracy
-    result, hit = cached_fit(
-        arch, data, cfg.trainer, trial_dir, cache_dir, report=report, images=images, teacher=teacher
-    )
-    metrics["val_accuracy"] = result.metrics["val_accuracy"]
-    for key in ("align_loss_first", "align_loss_last", "filtered_pairs", "paraphrased"):
-        if key in result.metrics:  # what the recipe's stage 1 and data hygiene did
-            metrics[key] = result.metrics[key]
-    metrics["train_s"] = 0.0 if hit else result.metrics["train_s"]
-    info["weights"] = "cached" if hit else "trained"
+    if needs_training(arch):
+        result, hit = cached_fit(
+            arch,
+            data,
+            cfg.trainer,
+            trial_dir,
+            cache_dir,
+            report=report,
+            images=images,
+            teacher=teacher,
+        )
+        model, history = result.model, result.val_accuracy_history
+        metrics["val_accuracy"] = result.metrics["val_accuracy"]
+        for key in ("align_loss_first", "align_loss_last", "filtered_pairs", "paraphrased"):
+            if key in result.metrics:  # what the recipe's stage 1 and data hygiene did
+                metrics[key] = result.metrics[key]
+        metrics["train_s"] = 0.0 if hit else result.metrics["train_s"]
+        info["weights"] = "cached" if hit else "trained"
+    else:  # a training-free cut of a checkpoint: its weights as they are
+        model, history = untrained.eval(), []
+        save_weights(model, trial_dir)
+        metrics["train_s"] = 0.0
+        info["weights"] = "checkpoint"
 
     # 3. Accuracy on each profile's runtime, with the scheme that profile deploys (on a
     #    stated validation subset where the runtime is an emulator), and for an NPU the
@@ -114,7 +130,7 @@ def run_trial(
         scheme = arch.quant_for(profile.name)
         start = time.perf_counter()
         with busy():
-            dep = deploy(result.model, profile, scheme, trial_dir, val, calibration)
+            dep = deploy(model, profile, scheme, trial_dir, val, calibration)
             acc = accuracy(dep, val, data.max_answer_tokens)
             share = coverage(dep)
         metrics[f"{profile.name}/accuracy"] = acc.value
@@ -130,9 +146,7 @@ def run_trial(
     broken = violated(cfg, metrics)
     if broken:
         info["infeasible"] = "; ".join(broken)
-    return _finish(
-        arch, number, cfg, data_root, data, trial_dir, metrics, info, result.val_accuracy_history
-    )
+    return _finish(arch, number, cfg, data_root, data, trial_dir, metrics, info, history)
 
 
 def cheap_metrics(

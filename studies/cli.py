@@ -13,6 +13,7 @@ COMMANDS = {
     "export": "write the study's Pareto-optimal trials to <workdir>/<study>/export/",
     "dashboard": "serve the MLflow UI and optuna-dashboard for the study on 127.0.0.1 (--port, --optuna-port, --host)",
     "train": "rebuild and retrain an exported winner: vlmnas train candidate=<export>/config.yaml",
+    "pretrain": "train the shipped LLaVA-NeXT checkpoint (pretrain.out, default checkpoints/shapes-llava-next)",
 }
 
 
@@ -108,6 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 host=args.host,
                 port=args.port,
                 optuna_port=args.optuna_port,
+            )
+        elif args.command == "pretrain":
+            from ._pretrain import pretrain
+
+            done = pretrain(cfg, list(args.overrides))
+            print(
+                f"vlmnas: wrote {done['out']}: val_accuracy={done['val_accuracy']:.4f}"
+                f" (chance {done['chance_level']:.4f}), {done['params']:,} parameters,"
+                f" {done['train_s']:.0f} s"
             )
         elif args.command == "export":
             from ._export import export_study

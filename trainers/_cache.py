@@ -41,15 +41,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
+from search_spaces import FAMILY, ArchConfig
 
-from search_spaces import ArchConfig
-
-from ._fit import EpochReport, TrainerConfig, TrainResult, fit, model_for
+from ._fit import EpochReport, TrainerConfig, TrainResult, fit, load_trained
 from ._recipes import Teacher
 from .data import ImageCache, VQAData
 
-_FILES = ("model.pt", "tokenizer.json")
+_FILES = ("model.pt", "config.json", "word_tokenizer.json")
 
 
 def cache_key(
@@ -57,6 +55,7 @@ def cache_key(
 ) -> str:
     payload = json.dumps(
         {
+            "family": FAMILY,  # weights of another model family are no use
             "weights_id": arch.weights_id,
             "trainer": dataclasses.asdict(cfg),
             "data": data.fingerprint,
@@ -104,8 +103,7 @@ def _load(
     entry: Path, arch: ArchConfig, data: VQAData, out_dir: Path, report: EpochReport | None
 ) -> TrainResult:
     saved = json.loads((entry / "result.json").read_text())
-    model = model_for(arch, data)
-    model.load_state_dict(torch.load(entry / "model.pt", weights_only=True))
+    model = load_trained(arch, entry)
     for name in _FILES:
         # Atomic: out_dir may be shared (the study teacher's), and a reader must never see
         # a file half overwritten with the same bytes.

@@ -24,10 +24,15 @@ from common import CONFIG, busy, checked
 from search_spaces import (
     ArchConfig,
     EncodedVQA,
-    LlavaNextModel,
+    VlmModel,
+    add_lora,
+    backbone_for,
     build_model,
+    cut_down,
     exact_match,
     greedy_decode,
+    merge_lora,
+    model_from_config,
 )
 
 from ._recipes import Teacher, align, distillation_loss, similarities
@@ -35,6 +40,7 @@ from .data import (
     ImageCache,
     Record,
     VQAData,
+    WordTokenizer,
     augment_batch,
     conversation_ids,
     encode_eval,
@@ -82,7 +88,7 @@ class TrainerConfig:
 @dataclass
 class TrainResult:
     checkpoint: Path
-    model: LlavaNextModel
+    model: VlmModel
     metrics: dict[str, float]
     val_accuracy_history: list[float] = field(default_factory=list)
 
@@ -111,22 +117,22 @@ def torch_forward(
 ) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
     """Wrap a model as the numpy `forward` that `greedy_decode` expects."""
 
-    def forward(pixels: np.ndarray, mask: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    def forward(pixels: np.ndarray, index: np.ndarray, ids: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return model(
-                torch.from_numpy(pixels), torch.from_numpy(mask), torch.from_numpy(ids)
+                torch.from_numpy(pixels), torch.from_numpy(index), torch.from_numpy(ids)
             ).numpy()
 
     return forward
 
 
 class VQAModule(L.LightningModule):
-    """Stage 2, the task. Batches are rows of `train_rows`: (pixels, tile_mask, input_ids,
-    labels, row, allow_flip, allow_jitter, teacher_ok)."""
+    """Stage 2, the task. Batches are rows of `train_rows`: (pixels, tile_mask,
+    image_index, input_ids, labels, row, allow_flip, allow_jitter, teacher_ok)."""
 
     def __init__(
         self,
-        model: LlavaNextModel,
+        model: VlmModel,
         cfg: TrainerConfig,
         max_answer_tokens: int,
         teacher: Teacher | None = None,
@@ -141,10 +147,10 @@ class VQAModule(L.LightningModule):
         self.augment_rng = torch.Generator().manual_seed(cfg.seed + 1)
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        pixels, mask, ids, labels, row, allow_flip, allow_jitter, teacher_ok = batch
+        pixels, mask, index, ids, labels, row, allow_flip, allow_jitter, teacher_ok = batch
         if self.recipe.augment:
             pixels = augment_batch(pixels, mask, allow_flip, allow_jitter, self.augment_rng)
-        logits = self.model(pixels, mask, ids)
+        logits = self.model(pixels, index, ids)
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         if self.teacher is not None and self.recipe.distill_weight > 0:
             # Rows whose question was paraphrased have no teacher logits for their text.
@@ -173,7 +179,9 @@ class VQAModule(L.LightningModule):
 
     def configure_optimizers(self):  # type: ignore[no-untyped-def]
         opt = torch.optim.AdamW(
-            self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+            [p for p in self.parameters() if p.requires_grad],
+            lr=self.cfg.lr,
+            weight_decay=self.cfg.weight_decay,
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = max(int(total * self.cfg.warmup_fraction), 1)
@@ -267,19 +275,86 @@ class _HoldCoresPerBatch(L.Callback):
         self._release()
 
 
-def model_for(arch: ArchConfig, data: VQAData) -> LlavaNextModel:
-    """The untrained model of `arch`, sized for `data`'s vocabulary and text length."""
-    tok = data.tokenizer
+# Training rows block influence is measured on (lm.drop_layers of a cut-down candidate)
+CALIBRATION_ROWS = 32
+
+
+def model_for(arch: ArchConfig, data: VQAData, images: ImageCache | None = None) -> VlmModel:
+    """The untrained model of `arch`: built at its sizes for `data`'s vocabulary, or cut
+    from its checkpoint (`arch.backbone`), the checkpoint's weights loaded."""
+    if arch.backbone is None:
+        return _model_for(arch, data.tokenizer)
+    calibration: list[tuple[torch.Tensor, ...]] = []
+    if arch.lm.drop_layers:
+        rows = encode_train(
+            data.train[:CALIBRATION_ROWS],
+            data.tokenizer,
+            arch,
+            data.text_len,
+            images or ImageCache(),
+        )
+        pixels, _, index, ids, _ = rows.tensors
+        calibration = [
+            (pixels[i : i + 8], index[i : i + 8], ids[i : i + 8]) for i in range(0, len(ids), 8)
+        ]
+    return cut_down(backbone_for(arch), arch, calibration)
+
+
+def needs_training(arch: ArchConfig) -> bool:
+    """Whether `fit` has anything to train: always from scratch; for a cut-down candidate
+    only LoRA or the adapters it adds (a plain cut is training-free)."""
+    f = arch.fusion
+    return arch.backbone is None or bool(arch.adapt.lora_rank or f.cross or f.share_ratio < 1.0)
+
+
+def save_weights(model: VlmModel, folder: Path) -> Path:
+    """`model.pt` (the weights) and `config.json` (the transformers structure they fit),
+    what `load_trained` reads back."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / "model.pt")
+    model.hf.config.to_json_file(str(folder / "config.json"))
+    return folder / "model.pt"
+
+
+def load_trained(arch: ArchConfig, folder: Path) -> VlmModel:
+    """The trained model from a folder `fit` wrote (a trial's): `model.pt` into the
+    structure its `config.json` records."""
+    model = model_from_config(folder / "config.json", arch)
+    model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    return model.eval()
+
+
+def _model_for(arch: ArchConfig, tok: WordTokenizer) -> VlmModel:
     return build_model(
-        arch, vocab_size=len(tok), max_text_len=data.text_len, image_token_id=tok.image_id
+        arch,
+        vocab_size=len(tok),
+        image_token_id=tok.image_id,
+        pad_token_id=tok.pad_id,
+        eos_token_id=tok.eos_id,
     )
+
+
+def _trainable(model: VlmModel, arch: ArchConfig) -> Any:
+    """For a cut-down candidate, freeze the checkpoint: LoRA (returned, to be merged) and
+    the adapters vlmnas installed train, nothing else. From scratch, everything trains."""
+    if arch.backbone is None:
+        return None
+    lora = add_lora(model.hf, arch.adapt.lora_rank) if arch.adapt.lora_rank else None
+    for name, p in model.hf.named_parameters():
+        if "lora_" not in name:
+            p.requires_grad_(any(part in name for part in _ADAPTER_PARTS))
+    return lora
+
+
+# parameter names of the modules `search_spaces._adapters` installs
+_ADAPTER_PARTS = (".xattn.", ".image_mlp.")
 
 
 def train_rows(
     arch: ArchConfig, data: VQAData, images: ImageCache, seed: int
 ) -> tuple[torch.utils.data.TensorDataset, int]:
     """The training rows `VQAModule` reads, one per training record: (pixels, tile_mask,
-    input_ids, labels, row, allow_flip, allow_jitter, teacher_ok); and how many records
+    image_index, input_ids, labels, row, allow_flip, allow_jitter, teacher_ok); and how many records
     got paraphrased questions (`recipe.augment`; a paraphrase that would not fit the
     model's text length is not used)."""
     records: list[Record] = list(data.train)
@@ -312,7 +387,7 @@ def fit(
     teacher: Teacher | None = None,
 ) -> TrainResult:
     """Train `arch` on `data` for `cfg.max_epochs` with `arch.recipe`; writes `model.pt`
-    and `tokenizer.json`.
+    and `word_tokenizer.json`.
 
     `report(epoch, {"val_accuracy": ...})` is called after every epoch's validation, so a
     scheduler can stop the trial early. With `recipe.align_epochs`, stage 1 (contrastive
@@ -326,7 +401,8 @@ def fit(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     images = images or ImageCache()
     tok = data.tokenizer
-    model = model_for(arch, data)
+    model = model_for(arch, data, images)
+    lora = _trainable(model, arch)
     model.set_checkpointing(cfg.grad_checkpointing)
     with busy():  # decoding and resizing every image is training work too
         train_set, paraphrased = train_rows(arch, data, images, cfg.seed)
@@ -386,11 +462,13 @@ def fit(
     trainer.fit(module, train_loader, val_loader)
     train_s = time.perf_counter() - start + align_s
     model.set_checkpointing(False)
+    if lora is not None:  # fold LoRA into the weights: the result is plain again
+        model.hf = merge_lora(lora)
+    for p in model.parameters():
+        p.requires_grad_(True)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = out_dir / "model.pt"
-    torch.save(model.state_dict(), checkpoint)
-    (out_dir / "tokenizer.json").write_text(tok.to_json())
+    checkpoint = save_weights(model, out_dir)
+    (out_dir / "word_tokenizer.json").write_text(tok.to_json())
     metrics = {
         "val_accuracy": epochs.history[-1] if epochs.history else float("nan"),
         "train_s": train_s,

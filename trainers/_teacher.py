@@ -20,15 +20,18 @@ import numpy as np
 import torch
 import yaml
 
-from search_spaces import ArchConfig, RecipeConfig
+from search_spaces import ArchConfig, RecipeConfig, load_pretrained
 
 from ._cache import cache_key, cached_fit
 from ._fit import TrainerConfig, model_for, train_rows
-from ._recipes import Teacher, cached_logits, teacher_logits
+from ._recipes import Teacher, answer_logits, answer_width, cached_logits, teacher_logits
 from .data import ImageCache, VQAData, encode_eval
 
-# A teacher as a function: training rows (pixels, tile_mask, input_ids, ...) -> logits.
+# A teacher as a function: training rows (pixels, tile_mask, image_index, input_ids,
+# labels, ...) -> answer logits (N, A, V).
 Forward = Callable[[torch.utils.data.TensorDataset], np.ndarray]
+# A model as a function: (pixel_values, image_index, input_ids) -> logits, on numpy.
+Logits = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def study_teacher(
@@ -54,17 +57,27 @@ def study_teacher(
             return teacher_logits(model, rows)
 
     else:
-        arch, forward, key = _exported(Path(cfg.teacher), data)
+        arch, full, key = _exported(Path(cfg.teacher), data)
         val_accuracy = float("nan")
+
+        def forward(rows: torch.utils.data.TensorDataset) -> np.ndarray:
+            width = answer_width(rows)
+            out = []
+            for start in range(0, len(rows), 64):
+                pixels, _, index, ids, labels = (t[start : start + 64] for t in rows.tensors[:5])
+                full_logits = torch.from_numpy(full(pixels.numpy(), index.numpy(), ids.numpy()))
+                out.append(answer_logits(full_logits, labels, width).to(torch.float16).numpy())
+            return np.concatenate(out)
+
     rows, _ = train_rows(dataclasses.replace(arch, recipe=RecipeConfig()), data, images, 0)
     logits = cached_logits(cache_dir / f"teacher-{key}.npy", lambda: forward(rows))
     if val_accuracy != val_accuracy:  # an exported teacher: score it on the validation set
-        val_accuracy = _val_accuracy(arch, forward, data, images)
+        val_accuracy = _val_accuracy(arch, full, data, images)
     return Teacher(key=key, logits=logits, val_accuracy=val_accuracy)
 
 
-def _exported(folder: Path, data: VQAData) -> tuple[ArchConfig, Forward, str]:
-    """(arch, forward over training rows, key) of an exported candidate folder."""
+def _exported(folder: Path, data: VQAData) -> tuple[ArchConfig, Logits, str]:
+    """(arch, its logits function, key) of an exported candidate folder."""
     config_path = folder / "config.yaml"
     if not config_path.is_file():
         raise ValueError(
@@ -73,7 +86,7 @@ def _exported(folder: Path, data: VQAData) -> tuple[ArchConfig, Forward, str]:
         )
     config = yaml.safe_load(config_path.read_text())
     arch = ArchConfig.from_dict(config["arch"])
-    tokenizer = folder / "tokenizer.json"
+    tokenizer = folder / "word_tokenizer.json"
     if tokenizer.is_file() and json.loads(tokenizer.read_text()) != json.loads(
         data.tokenizer.to_json()
     ):
@@ -81,13 +94,22 @@ def _exported(folder: Path, data: VQAData) -> tuple[ArchConfig, Forward, str]:
             f"trainer.teacher={str(folder)!r} was trained with another vocabulary than this"
             " data set's; a teacher must share the students' tokenizer"
         )
-    if (folder / "model.pt").is_file():
-        model = model_for(arch, data)
-        model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
-        weights = folder / "model.pt"
+    if (folder / "model.safetensors").is_file() or (folder / "model.pt").is_file():
+        if (folder / "model.safetensors").is_file():  # the transformers folder of an export
+            model = load_pretrained(folder)
+            weights = folder / "model.safetensors"
+        else:
+            model = model_for(arch, data)
+            model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+            weights = folder / "model.pt"
+        model.eval()
 
-        def forward(rows: torch.utils.data.TensorDataset) -> np.ndarray:
-            return teacher_logits(model, rows)
+        def logits(pixels: np.ndarray, index: np.ndarray, ids: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                out = model(
+                    torch.from_numpy(pixels), torch.from_numpy(index), torch.from_numpy(ids)
+                )
+            return out.numpy()
 
     elif (folder / "model.onnx").is_file():
         import onnxruntime as ort
@@ -95,30 +117,28 @@ def _exported(folder: Path, data: VQAData) -> tuple[ArchConfig, Forward, str]:
         weights = folder / "model.onnx"
         session = ort.InferenceSession(str(weights), providers=["CPUExecutionProvider"])
 
-        def forward(rows: torch.utils.data.TensorDataset) -> np.ndarray:
-            out = []
-            for i in range(len(rows)):  # exported graphs take one row at a time
-                pixels, mask, ids = (t[i : i + 1].numpy() for t in rows.tensors[:3])
-                feed = {"pixel_values": pixels, "tile_mask": mask, "input_ids": ids}
-                out.append(session.run(["logits"], feed)[0].astype(np.float16))
-            return np.concatenate(out)
+        def logits(pixels: np.ndarray, index: np.ndarray, ids: np.ndarray) -> np.ndarray:
+            # exported graphs may have a static batch of one
+            feeds = [
+                {
+                    "pixel_values": pixels[i : i + 1],
+                    "image_index": index[i : i + 1],
+                    "input_ids": ids[i : i + 1],
+                }
+                for i in range(len(ids))
+            ]
+            return np.concatenate([session.run(["logits"], f)[0] for f in feeds])
 
     else:
         raise ValueError(f"trainer.teacher={str(folder)!r}: neither model.pt nor model.onnx there")
     key = "export-" + hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    return arch, forward, key
+    return arch, logits, key
 
 
-def _val_accuracy(arch: ArchConfig, forward: Forward, data: VQAData, images: ImageCache) -> float:
+def _val_accuracy(arch: ArchConfig, logits: Logits, data: VQAData, images: ImageCache) -> float:
     """Exact-match accuracy of an exported teacher on the validation set."""
     from search_spaces import decode_accuracy
 
     val = encode_eval(data.val, data.tokenizer, arch, data.text_len, images)
 
-    def step(pixels: np.ndarray, mask: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        rows = torch.utils.data.TensorDataset(
-            torch.from_numpy(pixels), torch.from_numpy(mask), torch.from_numpy(ids)
-        )
-        return forward(rows).astype(np.float32)
-
-    return float(decode_accuracy(step, val, max_new_tokens=data.max_answer_tokens))
+    return float(decode_accuracy(logits, val, max_new_tokens=data.max_answer_tokens))

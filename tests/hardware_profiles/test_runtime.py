@@ -16,23 +16,17 @@ from hardware_profiles import (
     quantize,
     size_mb,
 )
-from search_spaces import build_model, decode_accuracy
-from trainers import torch_forward
+from search_spaces import decode_accuracy
+from tests._archs import TINY_ARCH, onnx_feeds
+from trainers import model_for, torch_forward
 from trainers.data import ImageCache, encode_eval
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, shapes_data):
-    from tests._archs import TINY_ARCH
-
     torch.manual_seed(0)
+    model = model_for(TINY_ARCH, shapes_data).eval()
     tok = shapes_data.tokenizer
-    model = build_model(
-        TINY_ARCH,
-        vocab_size=len(tok),
-        max_text_len=shapes_data.text_len,
-        image_token_id=tok.image_id,
-    ).eval()
     val = encode_eval(shapes_data.val, tok, TINY_ARCH, shapes_data.text_len, ImageCache())
     path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "m.onnx", val)
     return model, val, path
@@ -42,15 +36,9 @@ def test_onnx_matches_pytorch_logits(exported) -> None:
     model, val, path = exported
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     part = val.slice(0, 5)  # batch 5, though exported at batch 1
-    (onnx_logits,) = sess.run(
-        ["logits"],
-        {
-            "pixel_values": part.pixel_values,
-            "tile_mask": part.tile_mask,
-            "input_ids": part.prompt_ids,
-        },
-    )
-    torch_logits = torch_forward(model)(part.pixel_values, part.tile_mask, part.prompt_ids)
+    assert [i.name for i in sess.get_inputs()] == ["pixel_values", "image_index", "input_ids"]
+    (onnx_logits,) = sess.run(["logits"], onnx_feeds(part))
+    torch_logits = torch_forward(model)(part.pixel_values, part.image_index, part.prompt_ids)
     np.testing.assert_allclose(onnx_logits, torch_logits, rtol=1e-4, atol=1e-4)
 
 

@@ -1,7 +1,7 @@
 """Every value of every search-space dimension builds, trains, exports, runs in ORT and
 quantizes under every CPU scheme.
 
-Marked slow: 53 cases of an ONNX export and three quantizations each, two minutes or more
+Marked slow: 60 cases of an ONNX export and three quantizations each, three minutes or more
 on 2 cores. The quick loop (-m 'not slow') keeps the model-level checks of
 tests/search_spaces/ (fusion placements, gates, sharing), not this export of every value.
 """
@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from hardware_profiles import HardwareProfile, export_onnx, quantize
-from search_spaces import SearchSpace, build_model
-from trainers import torch_forward
+from search_spaces import SearchSpace
+from tests._archs import onnx_feeds
+from trainers import model_for, torch_forward
 from trainers.data import ImageCache, encode_eval, encode_train
 
 pytestmark = pytest.mark.slow
@@ -66,11 +67,9 @@ def test_dimension_value_builds_trains_exports_and_runs(
     arch = SPACE.to_arch(_params(key, value))
     tok = shapes_data.tokenizer
     torch.manual_seed(0)
-    model = build_model(
-        arch, vocab_size=len(tok), max_text_len=shapes_data.text_len, image_token_id=tok.image_id
-    )
+    model = model_for(arch, shapes_data)
     images = ImageCache()
-    pixels, mask, ids, labels = encode_train(
+    pixels, _, index, ids, labels = encode_train(
         shapes_data.train[:8], tok, arch, shapes_data.text_len, images
     ).tensors
 
@@ -78,7 +77,7 @@ def test_dimension_value_builds_trains_exports_and_runs(
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     loss = F.cross_entropy(
-        model(pixels, mask, ids).flatten(0, 1), labels.flatten(), ignore_index=-100
+        model(pixels, index, ids).flatten(0, 1), labels.flatten(), ignore_index=-100
     )
     assert torch.isfinite(loss)
     loss.backward()
@@ -89,13 +88,9 @@ def test_dimension_value_builds_trains_exports_and_runs(
     val = encode_eval(shapes_data.val[:3], tok, arch, shapes_data.text_len, images)
     path = export_onnx(model, tmp_path / "m.onnx", val)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {
-        "pixel_values": val.pixel_values,
-        "tile_mask": val.tile_mask,
-        "input_ids": val.prompt_ids,
-    }
+    feeds = onnx_feeds(val)
     (onnx_logits,) = sess.run(["logits"], feeds)
-    expected = torch_forward(model)(val.pixel_values, val.tile_mask, val.prompt_ids)
+    expected = torch_forward(model)(val.pixel_values, val.image_index, val.prompt_ids)
     np.testing.assert_allclose(onnx_logits, expected, rtol=1e-4, atol=1e-4)
 
     # every CPU scheme quantizes this graph and runs it

@@ -6,29 +6,32 @@ Runs on the CPU here; the CUDA-graph tests run where a CUDA device is present (`
 from __future__ import annotations
 
 import copy
+import dataclasses
 import subprocess
 import sys
-from dataclasses import dataclass
+import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from hardware_profiles._torch import TORCH_SCHEMES, capture, evaluate, measure, prepare, save
-from search_spaces import build_model, decode_accuracy
-from trainers import TrainerConfig, fit, torch_forward
+from search_spaces import FusionConfig, decode_accuracy
+from tests._archs import TINY_ARCH, random_inputs, random_model, torch_inputs
+from trainers import TrainerConfig, fit, model_for, torch_forward
 from trainers.data import ImageCache, encode_eval
 
 REPO = Path(__file__).resolve().parents[2]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# A deployment host may have only torch and numpy: the backend must import none of these.
+# A deployment host may have only torch, numpy and transformers: the backend must need
+# none of these. (transformers imports pillow where it is installed, so the check is that
+# the backend works where they cannot be imported, not that they stay unimported here.)
 NOT_NEEDED = ("onnxruntime", "optuna", "ray", "mlflow", "hydra", "PIL", "lightning")
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Profile:
     """The fields of a hardware profile that the backend reads, sized for a fast test."""
 
@@ -46,32 +49,20 @@ class Profile:
 
 @pytest.fixture(scope="module")
 def val(shapes_data):
-    from tests._archs import TINY_ARCH
-
     tok = shapes_data.tokenizer
     return encode_eval(shapes_data.val, tok, TINY_ARCH, shapes_data.text_len, ImageCache())
 
 
 @pytest.fixture(scope="module")
 def untrained(shapes_data):
-    from tests._archs import TINY_ARCH
-
     torch.manual_seed(0)
-    tok = shapes_data.tokenizer
-    return build_model(
-        TINY_ARCH,
-        vocab_size=len(tok),
-        max_text_len=shapes_data.text_len,
-        image_token_id=tok.image_id,
-    ).eval()
+    return model_for(TINY_ARCH, shapes_data).eval()
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shapes_data):
     """A model that answers some validation questions (about 1 s of training): with
     accuracy 0 every accuracy comparison would pass vacuously."""
-    from tests._archs import TINY_ARCH
-
     cfg = TrainerConfig(max_epochs=15, batch_size=16, lr=3e-3, threads=1)
     return fit(TINY_ARCH, shapes_data, cfg, tmp_path_factory.mktemp("torch_backend")).model
 
@@ -109,7 +100,7 @@ def test_save_bf16_is_half_the_size_of_fp32(untrained, tmp_path: Path) -> None:
         sizes[scheme] = path.stat().st_size
         state = torch.load(path, weights_only=True)
         assert state.keys() == untrained.state_dict().keys()
-        assert state["lm_head.weight"].dtype == DTYPES[scheme]
+        assert state["hf.lm_head.weight"].dtype == DTYPES[scheme]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bf16.pt", "fp32.pt"]
     # Not exactly half: the pickled keys and headers do not shrink.
     assert 0.45 < sizes["bf16"] / sizes["fp32"] < 0.6
@@ -147,8 +138,8 @@ def test_bf16_stays_close_to_fp32(trained, val, shapes_data) -> None:
     fp32, bf16 = prepare(trained, "fp32", "cpu"), prepare(trained, "bf16", "cpu")
     part = val.slice(0, 8)
     with torch.inference_mode():
-        ref = fp32(*_tensors(part, torch.float32))
-        out = bf16(*_tensors(part, torch.bfloat16)).float()
+        ref = fp32(*torch_inputs(part, torch.float32))
+        out = bf16(*torch_inputs(part, torch.bfloat16)).float()
     rel_err = float((out - ref).abs().mean() / ref.abs().mean())
     assert rel_err <= 0.05, f"bf16 relative logit error {rel_err:.4f}"
     tokens = shapes_data.max_answer_tokens
@@ -156,19 +147,53 @@ def test_bf16_stays_close_to_fp32(trained, val, shapes_data) -> None:
     assert abs(acc - ref_acc) <= 0.15, f"bf16 accuracy {acc:.3f} vs fp32 {ref_acc:.3f}"
 
 
+@pytest.mark.parametrize("scheme", ["fp16", "bf16"])
+@pytest.mark.parametrize(
+    "fusion",
+    [
+        FusionConfig(image_attention="image_no_text", share_ratio=0.5),
+        FusionConfig(placement="cross_attention", xattn_layers=(0,), gating="token"),
+        FusionConfig(placement="hybrid", xattn_layers=(0,), gating="tanh"),
+    ],
+    ids=["early", "cross_attention", "hybrid"],
+)
+def test_every_fusion_runs_in_the_scheme_dtype(fusion: FusionConfig, scheme: str) -> None:
+    """The masks and biases a candidate builds in its forward follow the model's dtype."""
+    arch = dataclasses.replace(TINY_ARCH, fusion=fusion)
+    fp32 = random_model(arch)
+    pixels, index, ids = random_inputs(arch)
+    with torch.inference_mode():
+        ref = fp32(pixels, index, ids)
+        out = prepare(fp32, scheme, "cpu")(pixels.to(DTYPES[scheme]), index, ids)
+    assert out.dtype == DTYPES[scheme] and out.shape == ref.shape
+    rel_err = float((out.float() - ref).abs().mean() / ref.abs().mean())
+    assert rel_err <= 0.05, f"{scheme} relative logit error {rel_err:.4f}"
+
+
 def test_importing_the_backend_needs_no_onnxruntime() -> None:
-    code = (
-        "import sys, hardware_profiles._torch\n"
-        f"print([n for n in {NOT_NEEDED!r} if n in sys.modules])\n"
+    # A name set to None in sys.modules fails to import and importlib.util.find_spec finds
+    # nothing: the subprocess sees a host without these packages.
+    code = textwrap.dedent(
+        f"""
+        import sys
+        for name in {NOT_NEEDED!r}:
+            sys.modules[name] = None
+        from hardware_profiles._torch import prepare
+        from tests._archs import TINY_ARCH, random_inputs, random_model
+        model = prepare(random_model(TINY_ARCH), "bf16", "cpu")
+        pixels, index, ids = random_inputs(TINY_ARCH)
+        print(tuple(model(pixels.bfloat16(), index, ids).shape))
+        """
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "[]", (
-        f"importing hardware_profiles._torch imported {result.stdout.strip()}"
-        " (hardware_profiles/__init__.py must not import the ONNX Runtime backend eagerly)"
+    assert result.returncode == 0, (
+        f"the torch backend failed without {NOT_NEEDED}"
+        " (hardware_profiles/__init__.py must not import the ONNX Runtime backend eagerly):\n"
+        + result.stderr[-2000:]
     )
+    assert result.stdout.strip().startswith("(2, "), result.stdout
 
 
 @pytest.mark.gpu
@@ -190,10 +215,10 @@ def test_measure_replays_a_cuda_graph(untrained, val, scheme: str) -> None:
 def test_graph_replay_equals_eager(untrained, val, scheme: str) -> None:
     prepared = prepare(untrained, scheme, "cuda")
     dtype = DTYPES[scheme]
-    static = tuple(t.cuda() for t in _tensors(val.slice(0, 4), dtype))
+    static = torch_inputs(val.slice(0, 4), dtype, "cuda")
     graph, output = capture(prepared, static)
     # Replay on new values copied into the static buffers: the graph must read them.
-    fresh = tuple(t.cuda() for t in _tensors(val.slice(4, 8), dtype))
+    fresh = torch_inputs(val.slice(4, 8), dtype, "cuda")
     for buffer, value in zip(static, fresh, strict=True):
         buffer.copy_(value)
     graph.replay()
@@ -201,11 +226,3 @@ def test_graph_replay_equals_eager(untrained, val, scheme: str) -> None:
     with torch.inference_mode():
         eager = prepared(*fresh)
     torch.testing.assert_close(output, eager)
-
-
-def _tensors(part, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (
-        torch.from_numpy(part.pixel_values).to(dtype),
-        torch.from_numpy(part.tile_mask).to(dtype),
-        torch.from_numpy(np.ascontiguousarray(part.prompt_ids)),
-    )

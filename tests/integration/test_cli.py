@@ -81,7 +81,7 @@ def test_export_writes_loadable_front(searched: Path) -> None:
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["objectives"]["cpu/accuracy"] == metrics["metrics"]["cpu/accuracy"]
         sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-        assert [i.name for i in sess.get_inputs()] == ["pixel_values", "tile_mask", "input_ids"]
+        assert [i.name for i in sess.get_inputs()] == ["pixel_values", "image_index", "input_ids"]
 
 
 @pytest.mark.slow

@@ -49,8 +49,8 @@ def test_export_then_retrain_reproduces_the_winner(tmp_path: Path) -> None:
     val = encode_eval(data.val, data.tokenizer, arch, data.text_len, ImageCache())
     sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
 
-    def forward(pixels, mask, ids):
-        feeds = {"pixel_values": pixels, "tile_mask": mask, "input_ids": ids}
+    def forward(pixels, index, ids):
+        feeds = {"pixel_values": pixels, "image_index": index, "input_ids": ids}
         return sess.run(["logits"], feeds)[0]
 
     plain = decode_accuracy(forward, val, max_new_tokens=data.max_answer_tokens)

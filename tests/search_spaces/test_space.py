@@ -7,8 +7,9 @@ import pytest
 import torch
 import yaml
 
-from search_spaces import ArchConfig, SearchSpace, SearchSpaceError, build_model
+from search_spaces import ArchConfig, SearchSpace, SearchSpaceError
 from search_spaces._space import CONF_DIR
+from tests._archs import VOCAB, random_inputs, random_model
 
 
 def _raw() -> dict:
@@ -26,12 +27,10 @@ def test_space_to_config_to_model_forward_shapes() -> None:
         arch = space.sample(trial, {"cpu": ("fp32",)})
         seen.add(arch.arch_id)
         assert arch.quant_for("cpu") == "fp32"
-        model = build_model(arch, vocab_size=30, max_text_len=12, image_token_id=2)
-        t = arch.max_tiles
-        ids = torch.randint(5, 30, (2, 12))
-        ids[:, 0] = 2
-        logits = model(torch.randn(2, t, 3, 32, 32), torch.ones(2, t), ids)
-        assert logits.shape == (2, 12, 30)
+        pixels, index, ids = random_inputs(arch, text_len=12)
+        with torch.no_grad():
+            logits = random_model(arch)(pixels, index, ids)
+        assert logits.shape == (2, ids.shape[1], VOCAB) and torch.isfinite(logits).all()
         study.tell(trial, [0.0, 0.0])
     assert len(seen) > 1, "sampling should vary the architecture"
 
@@ -106,5 +105,7 @@ def test_baseline_values_outside_narrowed_choices_are_sampled() -> None:
 
 
 def test_unknown_space_name_lists_known() -> None:
-    with pytest.raises(SearchSpaceError, match="known: \\['llava_next', 'tabular'\\]"):
+    with pytest.raises(
+        SearchSpaceError, match="known: \\['llava_next', 'llava_next_pretrained', 'tabular'\\]"
+    ):
         SearchSpace.load("nope")

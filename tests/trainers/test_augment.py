@@ -3,9 +3,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from search_spaces import image_processor
+from tests._archs import TINY_ARCH
 from trainers.data import (
     PARAPHRASE_WORDS,
     Record,
@@ -102,9 +106,9 @@ def test_crop_and_rotation_change_every_sample_the_same_way_per_tile() -> None:
         torch.testing.assert_close(out[i, 1], out[i, 0])
 
 
-def test_padding_stays_zero_and_input_is_untouched() -> None:
+def test_padding_stays_padding_and_input_is_untouched() -> None:
     pixels = _pixels(2, tiles=4)
-    pixels[0, :, :, :2] = 0.0  # letterbox rows inside real tiles
+    pixels[0, :, :, :2] = -1.0  # letterbox rows inside real tiles (the processor's -1)
     before = pixels.clone()
     mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
     out = augment_batch(
@@ -118,9 +122,35 @@ def test_padding_stays_zero_and_input_is_untouched() -> None:
         **NO_GEOMETRY,
     )
     assert torch.equal(pixels, before)
-    assert torch.all(out[mask == 0] == 0), "padding tiles held junk; it must come out 0"
+    assert torch.equal(out[mask == 0], pixels[mask == 0]), "padding tiles are left as they are"
     assert torch.all(out[mask == 1].abs().sum() > 0)
-    assert torch.all(out[0, :2, :, :2] == 0), "padding pixels are not jittered"
+    assert torch.all(out[0, :2, :, :2] == -1.0), "padding pixels are not jittered"
+
+
+def test_letterbox_padding_of_the_image_processor_is_not_jittered() -> None:
+    """The padding the image processor puts around a wide image in its grid tiles (-1
+    after normalisation) is padding to augmentation too: it is not jittered."""
+    rng = np.random.default_rng(0)
+    wide = Image.fromarray(rng.integers(0, 256, (20, 64, 3), dtype=np.uint8))
+    tiles = torch.from_numpy(image_processor(TINY_ARCH)(wide, return_tensors="np")["pixel_values"])
+    assert tiles.shape[1] == TINY_ARCH.max_tiles  # the base view and the 1x2 grid
+    pixels, mask = tiles, torch.ones(1, TINY_ARCH.max_tiles)
+    grid = pixels[0, 1:3]  # the 1x2 grid's tiles, the image centred with rows above and below
+    letterbox = (grid == grid[0, 0, 0, 0]).all(dim=(0, 1, 3))  # (rows,) padding rows
+    assert letterbox[0] and letterbox[-1] and not letterbox.all()
+    for seed in range(4):  # brighter and darker: a darker shift clamps to -1 anyway
+        out = augment_batch(
+            pixels,
+            mask,
+            torch.tensor([False]),
+            torch.tensor([True]),
+            torch.Generator().manual_seed(seed),
+            jitter=0.5,
+            **NO_GEOMETRY,
+        )
+        changed = (out[0, 1:3, :, letterbox] - grid[:, :, letterbox]).abs().max()
+        assert changed == 0, f"seed {seed}: padding {float(grid[0, 0, 0, 0])} jittered by {changed}"
+        assert (out[0, 1:3, :, ~letterbox] - grid[:, :, ~letterbox]).abs().max() > 0.01
 
 
 def test_same_seed_same_output_other_seed_other_output() -> None:

@@ -6,8 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from search_spaces import build_model
-from trainers import TrainerConfig, fit, torch_forward
+from trainers import TrainerConfig, fit, model_for, torch_forward
 from trainers.data import ImageCache, encode_eval, encode_train
 
 
@@ -15,7 +14,7 @@ def test_labels_cover_answers_only(shapes_data, tiny_arch) -> None:
     ds = encode_train(
         shapes_data.train[:4], shapes_data.tokenizer, tiny_arch, shapes_data.text_len, ImageCache()
     )
-    _, _, ids, labels = ds.tensors
+    _, _, _, ids, labels = ds.tensors
     tok = shapes_data.tokenizer
     row, lab = ids[0].tolist(), labels[0].tolist()
     predicted = [row[t + 1] for t, label in enumerate(lab) if label != -100]
@@ -32,18 +31,13 @@ def test_one_training_step_lowers_loss(shapes_data, tiny_arch) -> None:
     ds = encode_train(
         shapes_data.train[:16], shapes_data.tokenizer, tiny_arch, shapes_data.text_len, ImageCache()
     )
-    model = build_model(
-        tiny_arch,
-        vocab_size=len(shapes_data.tokenizer),
-        max_text_len=shapes_data.text_len,
-        image_token_id=2,
-    )
+    model = model_for(tiny_arch, shapes_data)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    pixels, mask, ids, labels = ds.tensors
+    pixels, _, index, ids, labels = ds.tensors
 
     def loss() -> torch.Tensor:
         return F.cross_entropy(
-            model(pixels, mask, ids).flatten(0, 1), labels.flatten(), ignore_index=-100
+            model(pixels, index, ids).flatten(0, 1), labels.flatten(), ignore_index=-100
         )
 
     before = loss()
@@ -65,7 +59,7 @@ def test_fit_reports_every_epoch_and_saves(tmp_path: Path, shapes_data, tiny_arc
     )
     assert [e for e, _ in seen] == [1, 2]
     assert result.val_accuracy_history == [a for _, a in seen]
-    assert (tmp_path / "model.pt").is_file() and (tmp_path / "tokenizer.json").is_file()
+    assert (tmp_path / "model.pt").is_file() and (tmp_path / "word_tokenizer.json").is_file()
     # the reported accuracy is the exact-match rate of greedy decoding
     val = encode_eval(
         shapes_data.val, shapes_data.tokenizer, tiny_arch, shapes_data.text_len, ImageCache()

@@ -15,7 +15,9 @@ from search_spaces import (
     SearchSpace,
     SearchSpaceError,
     VisionTowerConfig,
+    VlmModel,
 )
+from search_spaces._adapters import sincos_position_table
 from search_spaces._arch import RecipeConfig
 from trainers import (
     Teacher,
@@ -29,6 +31,7 @@ from trainers import (
     torch_forward,
     train_rows,
 )
+from trainers._recipes import answer_logits, answer_width
 from trainers.data import LEFT_RIGHT_WORDS, ImageCache, encode_eval
 
 FAST = TrainerConfig(max_epochs=2, batch_size=16, threads=1, lr=3e-3)
@@ -43,7 +46,8 @@ def test_stage1_aligns_projector_and_lowers_contrastive_loss(shapes_data, tiny_a
     model = model_for(tiny_arch, shapes_data)
     rows, _ = train_rows(tiny_arch, shapes_data, ImageCache(), 0)
     projector = [p.detach().clone() for p in model.projector.parameters()]
-    lm_block = [p.detach().clone() for p in model.blocks.parameters()]
+    lm = [model.hf.model.language_model.layers, model.hf.lm_head]
+    lm_before = [p.detach().clone() for m in lm for p in m.parameters()]
     embed = model.embed.weight.detach().clone()
     losses = align(
         model,
@@ -59,7 +63,8 @@ def test_stage1_aligns_projector_and_lowers_contrastive_loss(shapes_data, tiny_a
         not torch.equal(a, b) for a, b in zip(projector, model.projector.parameters(), strict=True)
     )
     # the text side and the LM stay as they were: stage 1 moves the image side only
-    assert all(torch.equal(a, b) for a, b in zip(lm_block, model.blocks.parameters(), strict=True))
+    lm_after = [p for m in lm for p in m.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(lm_before, lm_after, strict=True))
     assert torch.equal(embed, model.embed.weight)
     assert all(p.requires_grad for p in model.parameters())  # unfrozen again for stage 2
 
@@ -115,14 +120,22 @@ def test_similarity_filter_drops_the_pairs_below_the_threshold(
 def test_distillation_loss_is_zero_when_student_equals_teacher() -> None:
     logits = torch.randn(2, 5, 7)
     labels = torch.tensor([[-100, 3, 1, -100, -100], [2, -100, -100, -100, 4]])
-    assert distillation_loss(logits, logits.clone(), labels, 2.0).item() == pytest.approx(
-        0, abs=1e-6
-    )
-    assert distillation_loss(logits, torch.randn(2, 5, 7), labels, 2.0).item() > 0.01
+
+    def loss(teacher: torch.Tensor, teacher_labels: torch.Tensor = labels) -> torch.Tensor:
+        # the teacher's logits at its answer positions, as `Teacher.logits` holds them
+        return distillation_loss(logits, answer_logits(teacher, teacher_labels, 2), labels, 2.0)
+
+    assert loss(logits.clone()).item() == pytest.approx(0, abs=1e-6)
+    assert loss(torch.randn(2, 5, 7)).item() > 0.01
     # only answer positions count: disagreement elsewhere costs nothing
     other = logits.clone()
     other[labels == -100] = torch.randn_like(other[labels == -100])
-    assert distillation_loss(logits, other, labels, 2.0).item() == pytest.approx(0, abs=1e-6)
+    assert loss(other).item() == pytest.approx(0, abs=1e-6)
+    # a teacher whose sequences lay the rows out otherwise (three more tokens before the
+    # answers: more visual tokens) is matched answer token to answer token
+    shifted = torch.cat([torch.randn(2, 3, 7), logits], dim=1)
+    shifted_labels = torch.cat([torch.full((2, 3), -100), labels], dim=1)
+    assert loss(shifted, shifted_labels).item() == pytest.approx(0, abs=1e-6)
 
 
 def test_a_student_follows_its_teacher(shapes_data, tiny_arch, tmp_path: Path) -> None:
@@ -130,8 +143,7 @@ def test_a_student_follows_its_teacher(shapes_data, tiny_arch, tmp_path: Path) -
     makes a student that answers 'no', whatever the question."""
     tok = shapes_data.tokenizer
     rows, _ = train_rows(tiny_arch, shapes_data, ImageCache(), 0)
-    n, length = rows.tensors[2].shape
-    logits = np.full((n, length, len(tok)), -10.0, dtype=np.float16)
+    logits = np.full((len(rows), answer_width(rows), len(tok)), -10.0, dtype=np.float16)
     no = tok.encode("no")[0]
     logits[:, :, no] = 10.0
     teacher = Teacher(key="always-no", logits=logits, val_accuracy=0.0)
@@ -164,13 +176,13 @@ def test_student_cache_key_depends_on_the_teacher(shapes_data, tiny_arch) -> Non
 
 def test_augmentation_never_offers_a_flip_on_left_right_rows(shapes_data, tiny_arch) -> None:
     rows, paraphrased = train_rows(_with(tiny_arch, augment=True), shapes_data, ImageCache(), 0)
-    allow_flip = rows.tensors[5]
+    allow_flip = rows.tensors[6]
     for record, flip in zip(shapes_data.train, allow_flip.tolist(), strict=True):
         words = {w for q, a in record.turns for w in f"{q} {a}".lower().split()}
         if words & LEFT_RIGHT_WORDS or any(w.strip("?.") in LEFT_RIGHT_WORDS for w in words):
             assert not flip
     assert paraphrased > 0
-    teacher_ok = rows.tensors[7]
+    teacher_ok = rows.tensors[8]
     assert int((~teacher_ok).sum()) == paraphrased  # paraphrased rows skip distillation
 
 
@@ -183,7 +195,7 @@ def test_augmentation_changes_the_training_pixels(shapes_data, tiny_arch, tmp_pa
         original = torch.nn.Module.__call__
 
         def record(module, *args, **kwargs):  # type: ignore[no-untyped-def]
-            if module.__class__.__name__ == "LlavaNextModel" and module.training:
+            if isinstance(module, VlmModel) and module.training:
                 seen.append(args[0].detach().clone())
             return original(module, *args, **kwargs)
 
@@ -201,45 +213,50 @@ def test_augmentation_changes_the_training_pixels(shapes_data, tiny_arch, tmp_pa
     assert any(not torch.equal(p, a) for p, a in zip(plain, augmented, strict=True))
 
 
-def test_sincos_positions_are_fixed_and_give_tiles_their_place(shapes_data) -> None:
-    arch = ArchConfig(
-        vision=VisionTowerConfig(depth=1, width=32, heads=2, pos_encoding="sincos_2d")
-    )
+def test_sincos_positions_are_fixed_2d_sinusoids(shapes_data, tiny_arch) -> None:
+    vision = dataclasses.replace(tiny_arch.vision, pos_encoding="sincos_2d")
+    arch = dataclasses.replace(tiny_arch, vision=vision)
     model = model_for(arch, shapes_data)
-    names = {n for n, _ in model.named_parameters()}
-    assert "vision.pos_embed" not in names  # a buffer: never trained
-    pos = model.vision.pos_embed[0]
+    table = model.vision_tower.embeddings.position_embedding.weight
     grid = arch.vision.tile_size // arch.vision.patch_size
-    assert pos.shape == (grid * grid, 32)
+    torch.testing.assert_close(table, sincos_position_table(grid, vision.width), rtol=0, atol=0)
+    assert table.shape == (1 + grid * grid, vision.width)  # the CLS token, then the patches
+    assert (table[0] == 0).all()
+    pos, half = table[1:], vision.width // 2
     # patches in one row share the row half, patches in one column the column half
-    assert torch.allclose(pos[0, :16], pos[1, :16]) and not torch.allclose(pos[0, 16:], pos[1, 16:])
-    assert torch.allclose(pos[0, 16:], pos[grid, 16:]) and not torch.allclose(
-        pos[0, :16], pos[grid, :16]
-    )
-    # every tile slot adds its own code to its image tokens
-    code = model.tile_code[0]
-    per_tile = arch.vision.tokens_per_tile
-    assert not torch.allclose(code[0], code[per_tile]) and torch.allclose(code[0], code[1])
-    learnable = model_for(
-        ArchConfig(vision=VisionTowerConfig(depth=1, width=32, heads=2)), shapes_data
-    )
-    assert "vision.pos_embed" in {n for n, _ in learnable.named_parameters()}
-    assert learnable.tile_code is None
+    assert torch.allclose(pos[0, :half], pos[1, :half])
+    assert not torch.allclose(pos[0, half:], pos[1, half:])
+    assert torch.allclose(pos[0, half:], pos[grid, half:])
+    assert not torch.allclose(pos[0, :half], pos[grid, :half])
+    # never trained: no gradient reaches it
+    assert not table.requires_grad
+    rows, _ = train_rows(arch, shapes_data, ImageCache(), 0)
+    pixels, _, index, ids, labels = (t[:4] for t in rows.tensors[:5])
+    F.cross_entropy(
+        model(pixels, index, ids).flatten(0, 1), labels.flatten(), ignore_index=-100
+    ).backward()
+    assert table.grad is None
+    assert model.vision_tower.embeddings.patch_embedding.weight.grad is not None
+    learnable = model_for(tiny_arch, shapes_data)
+    assert learnable.vision_tower.embeddings.position_embedding.weight.requires_grad
 
 
 def test_gradient_checkpointing_recomputes_blocks_with_the_same_gradients(
     shapes_data, tiny_arch
 ) -> None:
     rows, _ = train_rows(tiny_arch, shapes_data, ImageCache(), 0)
-    pixels, mask, ids, labels = (t[:8] for t in rows.tensors[:4])
+    pixels, _, index, ids, labels = (t[:8] for t in rows.tensors[:5])
     grads, calls = [], []
     for on in (False, True):
         torch.manual_seed(0)
-        model = model_for(tiny_arch, shapes_data)
+        model = model_for(tiny_arch, shapes_data).train()
         model.set_checkpointing(on)
-        # a pre-hook: a recomputation may stop early, before a forward hook would run
-        hook = model.blocks[0].register_forward_pre_hook(lambda *_, on=on: calls.append(on))
-        logits = model(pixels, mask, ids)
+        # transformers checkpoints a layer's forward, not its __call__ (the layer's own hooks
+        # run once), so the probe is the layer's first submodule; a pre-hook, as a
+        # recomputation may stop early, before a forward hook would run
+        first = model.hf.model.language_model.layers[0].input_layernorm
+        hook = first.register_forward_pre_hook(lambda *_, on=on: calls.append(on))
+        logits = model(pixels, index, ids)
         F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100).backward()
         hook.remove()
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
@@ -317,7 +334,7 @@ def test_the_study_teacher_is_trained_once_then_cached(
     cfg = dataclasses.replace(FAST, teacher_epochs=1)
     first = study_teacher(tiny_arch, shapes_data, cfg, tmp_path / "cache", tmp_path / "t1")
     rows, _ = train_rows(tiny_arch, shapes_data, ImageCache(), 0)
-    assert first.logits.shape == (len(rows), shapes_data.text_len, len(shapes_data.tokenizer))
+    assert first.logits.shape == (len(rows), answer_width(rows), len(shapes_data.tokenizer))
     assert list((tmp_path / "cache").glob("teacher-*.npy"))
 
     def no_training(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -342,7 +359,7 @@ def test_an_exported_teacher_folder_is_used_and_checked(
     folder.mkdir()
     (folder / "config.yaml").write_text(yaml.safe_dump({"arch": tiny_arch.to_dict()}))
     torch.save(trained.model.state_dict(), folder / "model.pt")
-    (folder / "tokenizer.json").write_text(shapes_data.tokenizer.to_json())
+    (folder / "word_tokenizer.json").write_text(shapes_data.tokenizer.to_json())
     cfg = dataclasses.replace(FAST, teacher=str(folder))
     teacher = study_teacher(tiny_arch, shapes_data, cfg, tmp_path / "cache", tmp_path / "w")
     assert teacher.key.startswith("export-")
@@ -351,7 +368,7 @@ def test_an_exported_teacher_folder_is_used_and_checked(
     other = (
         {**vocab, "vocab": [*vocab["vocab"], "extra"]} if isinstance(vocab, dict) else [*vocab, "x"]
     )
-    (folder / "tokenizer.json").write_text(json.dumps(other))
+    (folder / "word_tokenizer.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="another vocabulary"):
         study_teacher(tiny_arch, shapes_data, cfg, tmp_path / "cache2", tmp_path / "w")
 

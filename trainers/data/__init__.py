@@ -22,6 +22,7 @@ from ._augment import (
     paraphrase,
     policy_for,
 )
+from ._codec import ChatCodec, checkpoint_codec
 from ._llava import (
     DataError,
     ImageCache,
@@ -32,7 +33,9 @@ from ._llava import (
     encode_train,
     load_llava_json,
     records_text,
+    sequence_len,
 )
+from ._processor import conversation_messages, hf_processor, hf_tokenizer, save_candidate
 from ._shapes import ShapesVQAConfig, generate_shapes_vqa
 
 Dataset = Literal["shapes_vqa", "llava"]
@@ -67,8 +70,17 @@ class DataConfig:
         return self
 
 
-def prepare_data(cfg: DataConfig, workdir: Path) -> VQAData:
-    """Make the data set available and validated, and load it. Raises `DataError`."""
+def _longest_run(flags: list[bool]) -> int:
+    best = run = 0
+    for f in flags:
+        run = run + 1 if f else 0
+        best = max(best, run)
+    return best
+
+
+def prepare_data(cfg: DataConfig, workdir: Path, tokenizer: ChatCodec | None = None) -> VQAData:
+    """Make the data set available and validated, and load it (with a checkpoint's
+    `tokenizer` where candidates are cut from one). Raises `DataError`."""
     if cfg.name == "shapes_vqa":
         gen = ShapesVQAConfig(
             seed=cfg.seed,
@@ -84,7 +96,8 @@ def prepare_data(cfg: DataConfig, workdir: Path) -> VQAData:
         generate_shapes_vqa(root, gen)
     else:
         root = Path(cfg.root or "").expanduser().resolve()  # DataConfig checked it is a folder
-    return VQAData.load(root.resolve())  # validates every record before any trial starts
+    # validates every record before any trial starts
+    return VQAData.load(root.resolve(), tokenizer)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -94,7 +107,7 @@ class VQAData:
     root: Path
     train: list[Record]
     val: list[Record]
-    tokenizer: WordTokenizer
+    tokenizer: WordTokenizer  # or a checkpoint's ChatCodec (same interface)
     text_len: int  # longest conversation in tokens: the model's static text length
     max_answer_tokens: int  # longest answer + its end token
 
@@ -105,9 +118,11 @@ class VQAData:
         # The vocabulary also holds the words question paraphrases (recipe.augment) bring
         # in, so that every candidate on this data shares one tokenizer.
         tok = tokenizer or WordTokenizer.build([*records_text(train), *sorted(PARAPHRASE_WORDS)])
-        lengths = [len(conversation_ids(tok, r)[0]) for r in train + val]
-        answers = [len(tok.encode(a)) for r in train + val for _, a in r.turns]
-        return cls(Path(root), train, val, tok, max(lengths), max(answers) + 1)
+        encoded = [conversation_ids(tok, r) for r in train + val]
+        lengths = [len(ids) for ids, _ in encoded]
+        # the longest answer with its end token (a run of answer tokens)
+        longest = max(_longest_run(is_answer) for _, is_answer in encoded)
+        return cls(Path(root), train, val, tok, max(lengths), longest)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -140,6 +155,7 @@ class VQAData:
 
 
 __all__ = [
+    "ChatCodec",
     "COLOUR_WORDS",
     "DATASETS",
     "DataConfig",
@@ -152,8 +168,14 @@ __all__ = [
     "VQAData",
     "WordTokenizer",
     "augment_batch",
+    "checkpoint_codec",
+    "conversation_messages",
+    "hf_processor",
+    "hf_tokenizer",
+    "save_candidate",
     "encode_eval",
     "encode_train",
+    "sequence_len",
     "generate_shapes_vqa",
     "load_llava_json",
     "paraphrase",

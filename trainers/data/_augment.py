@@ -85,10 +85,12 @@ def augment_batch(
     max_rotation_deg: float = 8.0,
     jitter: float = 0.2,
     flip_p: float = 0.5,
+    pad_value: float = -1.0,
 ) -> torch.Tensor:
     """Randomly transform a training batch; returns a new tensor, the input is untouched.
 
-    `pixels`: (batch, tiles, 3, t, t) float, normalised to about [-1, 1], 0 = padding.
+    `pixels`: (batch, tiles, 3, t, t) float, normalised to [-1, 1]; `pad_value` (-1, the
+    image processor's letterbox) marks padding inside a tile, which stays untouched.
     `tile_mask`: (batch, tiles), 1 for real tiles and 0 for padding tiles.
     `allow_flip`, `allow_jitter`: (batch,) bool, from `policy_for`.
 
@@ -138,6 +140,10 @@ def augment_batch(
         [torch.stack([cos, -sin, centre[:, 0]], 1), torch.stack([sin, cos, centre[:, 1]], 1)], 1
     )
     theta = theta.repeat_interleave(n_tiles, 0).to(pixels.dtype)  # same per tile of a sample
+    # Work with the processor's padding (`pad_value`: 0 pixels normalised, -1 for LLaVA-NeXT's
+    # letterbox) at 0, so that what the crop brings in from outside is padding too.
+    original = pixels
+    pixels = pixels - pad_value
     flat = pixels.reshape(b * n_tiles, 3, h, w)
     grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
     out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -153,10 +159,11 @@ def augment_batch(
     contrasted = (bright - mean) * contrast[:, None, None, None, None] + mean
     grey = contrasted.mean(dim=2, keepdim=True)
     saturated = grey + (contrasted - grey) * saturation[:, None, :, None, None]
-    jittered = torch.where(content, saturated.clamp(-1.0, 1.0), out)
+    jittered = torch.where(content, saturated.clamp(-1.0 - pad_value, 1.0 - pad_value), out)
     out = torch.where(allow_jitter.to(pixels.device)[:, None, None, None, None], jittered, out)
 
-    return out * (tile_mask[:, :, None, None, None] > 0).to(out.dtype)
+    # padding tiles stay as they came (no visual token reads them)
+    return torch.where(tile_mask[:, :, None, None, None] > 0, out + pad_value, original)
 
 
 # Question forms of the shapes-VQA generator -> same-meaning rewrites. Groups capture

@@ -35,7 +35,7 @@ from typing import Any
 import optuna
 import yaml
 
-from search_spaces import ArchConfig
+from search_spaces import ArchConfig, is_plain
 from trainers import load_trained
 from trainers.data import save_candidate
 
@@ -46,6 +46,8 @@ from ._storage import load_study
 PACKAGES = (
     "vlmnas",
     "torch",
+    "transformers",
+    "peft",
     "onnxruntime",
     "onnxruntime-qnn",
     "onnx",
@@ -203,6 +205,23 @@ def model_card(
         f" {arch.get('grid_pinpoints')}; activation {arch.get('activation', 'gelu')}",
         f"- exported for `{profile}` with scheme"
         f" `{config['deployment']['scheme']}` as `{config['deployment']['model']}`",
+        *(
+            [f"- cut down from the checkpoint `{cfg.space.backbone.path}`"]
+            if getattr(cfg.space, "backbone", None) is not None
+            else []
+        ),
+        "",
+        "## Loading it",
+        "",
+        "This folder is a transformers LLaVA-NeXT folder (config.json, model.safetensors,"
+        " tokenizer, processor, chat template)"
+        + (
+            ": a plain LLaVA-NeXT, `LlavaNextForConditionalGeneration.from_pretrained(folder)`"
+            " and `AutoProcessor.from_pretrained(folder)` load it without vlmnas."
+            if is_plain(ArchConfig.from_dict(arch))
+            else "; it holds modules LLaVA-NeXT lacks (recorded under `vlmnas` in"
+            " config.json): load it with `search_spaces.load_pretrained(folder)`."
+        ),
         "",
         "## Metrics per profile",
         "",

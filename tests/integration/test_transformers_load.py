@@ -68,3 +68,24 @@ def test_plain_winner_answers_the_same_in_transformers(shapes_data, tmp_path: Pa
     for row, prompt in zip(rows, prompts, strict=True):  # the same tokens went in
         assert prompt == val.prompt_ids[row, : val.prompt_lens[row]].tolist()
     assert theirs == ours
+
+
+def test_pretrain_writes_a_checkpoint_a_pretrained_study_accepts(tmp_path: Path) -> None:
+    from search_spaces import SearchSpace, inspect_backbone
+    from tests.integration._cli import vlmnas
+
+    out = tmp_path / "ckpt"
+    proc = vlmnas(
+        "pretrain",
+        f"pretrain.out={out}",
+        f"study.workdir={tmp_path / 'runs'}",
+        "pretrain.data={train_images: 24, val_images: 6}",
+        "pretrain.trainer={max_epochs: 1, threads: 1}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((out / "pretrain.json").read_text())
+    assert len(record["val_accuracy_history"]) == 1 and record["command"].startswith(
+        "vlmnas pretrain"
+    )
+    space = SearchSpace.load("llava_next_pretrained").bind(inspect_backbone(out))
+    assert space.to_arch(space.baseline).backbone == space.backbone.backbone_id

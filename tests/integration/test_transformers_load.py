@@ -79,8 +79,10 @@ def test_pretrain_writes_a_checkpoint_a_pretrained_study_accepts(tmp_path: Path)
         "pretrain",
         f"pretrain.out={out}",
         f"study.workdir={tmp_path / 'runs'}",
-        "pretrain.data={train_images: 24, val_images: 6}",
-        "pretrain.trainer={max_epochs: 1, threads: 1}",
+        "pretrain.data.train_images=24",
+        "pretrain.data.val_images=6",
+        "pretrain.trainer.max_epochs=1",
+        "trainer.threads=1",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((out / "pretrain.json").read_text())

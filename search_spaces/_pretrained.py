@@ -147,27 +147,7 @@ class PretrainedSpace:
         return bound
 
     def sample(self, trial: TrialLike, quant_schemes: Mapping[str, tuple[str, ...]]) -> ArchConfig:
-        values: dict[str, Any] = {}
-
-        def suggest(key: str) -> Any:
-            values[key] = trial.suggest_categorical(key, list(self.choices[key]))
-            return values[key]
-
-        for key in KNOBS:
-            if key not in _CONDITIONAL:
-                suggest(key)
-        if values["tokens.prune_ratio"] > 0:
-            suggest("tokens.prune_layer")
-        if values["fusion.placement"] != "early":
-            for key in _CROSS_ONLY:
-                suggest(key)
-        if values["fusion.placement"] != "cross_attention":
-            suggest("fusion.share_ratio")
-        for profile, schemes in sorted(quant_schemes.items()):
-            values[f"quant.{profile}"] = trial.suggest_categorical(
-                f"quant.{profile}", list(schemes)
-            )
-        return self.to_arch(values)
+        return self.to_arch(self._sample_values(trial, quant_schemes))
 
     def grid(self, quant_schemes: Mapping[str, tuple[str, ...]]) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
@@ -179,25 +159,31 @@ class PretrainedSpace:
             paths.extend(trial.siblings)
         return found
 
-    def _sample_values(self, trial: TrialLike, quant: Mapping[str, tuple[str, ...]]) -> None:
-        # `sample` without building the candidate (bind's check builds each one itself)
+    def _sample_values(
+        self, trial: TrialLike, quant: Mapping[str, tuple[str, ...]]
+    ) -> dict[str, Any]:
+        """The knob values `trial` picks, conditionals only where they apply (what
+        `sample` builds a candidate from and `grid` enumerates)."""
         values: dict[str, Any] = {}
+
+        def suggest(key: str) -> None:
+            values[key] = trial.suggest_categorical(key, list(self.choices[key]))
+
         for key in KNOBS:
             if key not in _CONDITIONAL:
-                values[key] = trial.suggest_categorical(key, list(self.choices[key]))
+                suggest(key)
         if values["tokens.prune_ratio"] > 0:
-            trial.suggest_categorical(
-                "tokens.prune_layer", list(self.choices["tokens.prune_layer"])
-            )
+            suggest("tokens.prune_layer")
         if values["fusion.placement"] != "early":
             for key in _CROSS_ONLY:
-                trial.suggest_categorical(key, list(self.choices[key]))
+                suggest(key)
         if values["fusion.placement"] != "cross_attention":
-            trial.suggest_categorical(
-                "fusion.share_ratio", list(self.choices["fusion.share_ratio"])
-            )
+            suggest("fusion.share_ratio")
         for profile, schemes in sorted(quant.items()):
-            trial.suggest_categorical(f"quant.{profile}", list(schemes))
+            values[f"quant.{profile}"] = trial.suggest_categorical(
+                f"quant.{profile}", list(schemes)
+            )
+        return values
 
     def to_arch(self, values: Mapping[str, Any]) -> ArchConfig:
         """The candidate the knob `values` cut from the bound checkpoint."""

@@ -198,7 +198,10 @@ class VlmModel(nn.Module):
                 "vlm_image": image,
                 "vlm_image_bias": _bias(valid).to(embeds.dtype)[:, None, None, :],
                 "vlm_is_image": is_image.to(embeds.dtype).unsqueeze(-1),
-                "vlm_masks": self._modality_masks(is_image, embeds.dtype),
+                # per-layer masks only where they differ from the causal one
+                "vlm_masks": self._modality_masks(is_image, embeds.dtype)
+                if self.arch.fusion.image_attention != "full"
+                else None,
             }
         mask = _bias(_causal(input_ids))[:, None].to(embeds.dtype)
         if self.arch.tokens.prune_ratio > 0:

@@ -124,10 +124,12 @@ class ImageMLP(nn.Module):
         hidden = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
         s = self.shared
         text = mlp.down_proj(hidden)
-        shared = nn.functional.linear(hidden[..., :s], mlp.down_proj.weight[:, :s])
+        image = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        if s:  # share_ratio 0 shares no unit: no zero-width MatMul in the graph (the
+            # QNN HTP emulator dies of SIGFPE on one)
+            image = image + nn.functional.linear(hidden[..., :s], mlp.down_proj.weight[:, :s])
         if mlp.down_proj.bias is not None:
-            shared = shared + mlp.down_proj.bias
-        image = shared + self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+            image = image + mlp.down_proj.bias
         return text + is_image * (image - text)
 
 

@@ -281,7 +281,8 @@ class ExportSpec:
 @checked(ConfigError, where="ray")
 @pydantic_dataclass(config=CONFIG)
 class RaySpec:
-    """Where trials run: None = a local Ray instance started by the driver; "auto" or
+    """Where trials run: None = a private local Ray instance started by the driver (even
+    where a `ray start` cluster or RAY_ADDRESS exists on the host); "auto" or
     "ray://host:10001" or "host:6379" = an existing cluster."""
 
     address: str | None = None

@@ -45,9 +45,10 @@ OnEnd = Callable[[int, dict[str, Any] | None, str | None], None]
 
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
-    """Ray for one `search`: connect to `address` (a cluster) or start a local instance,
-    and shut it down afterwards when this call started it, so a second `search` in the
-    same process starts fresh and honours its own `ray.address`."""
+    """Ray for one `search`: connect to `address` (a cluster) or start a private local
+    instance (never one found on the host), and shut it down afterwards when this call
+    started it, so a second `search` in the same process starts fresh and honours its
+    own `ray.address`."""
     if ray.is_initialized():
         yield
         return
@@ -62,7 +63,10 @@ def ray_session(address: str | None) -> Iterator[None]:
             runtime_env=runtime_env,
         )
     else:
+        # "local", not None: with None, Ray joins a cluster it finds on the host (one
+        # started by `ray start`, or RAY_ADDRESS), and a `ray stop` there kills the study.
         ray.init(
+            address="local",
             num_cpus=os.cpu_count(),
             include_dashboard=False,
             log_to_driver=False,

@@ -12,15 +12,20 @@ from trainers.data import ShapesVQAConfig, VQAData, generate_shapes_vqa
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _private_lock_dir(tmp_path_factory: pytest.TempPathFactory):
+def _private_lock_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str):
     """Tests (and the searches they start) take the measuring lock in their own folder,
-    so a real study running on this host neither waits for them nor slows them."""
+    so a real study running on this host neither waits for them nor slows them. The
+    pytest-xdist workers of one run share it: a latency one worker measures is not
+    timed while another trains."""
     import os
 
     from common import LOCK_DIR_ENV
 
     before = os.environ.get(LOCK_DIR_ENV)
-    os.environ[LOCK_DIR_ENV] = str(tmp_path_factory.mktemp("locks"))
+    base = tmp_path_factory.getbasetemp()
+    locks = (base if worker_id == "master" else base.parent) / "locks"
+    locks.mkdir(exist_ok=True)
+    os.environ[LOCK_DIR_ENV] = str(locks)
     yield
     if before is None:
         os.environ.pop(LOCK_DIR_ENV, None)

@@ -57,6 +57,19 @@ def test_npu_friendly_candidate_runs_entirely_on_the_npu(
     assert report.source == "estimated" and report.p50_ms > 0
 
 
+def test_unshared_image_ffn_loads_on_the_npu(npu, tiny_arch, shapes_data, tmp_path: Path) -> None:
+    # fusion.share_ratio=0 once exported a zero-width MatMul (the shared units' slice),
+    # on which the HTP emulator died of SIGFPE, taking the trial's worker with it.
+    arch = dataclasses.replace(
+        tiny_arch,
+        activation="gelu_tanh",
+        fusion=dataclasses.replace(tiny_arch.fusion, share_ratio=0.0),
+    )
+    val, calibration = _encoded(arch, shapes_data)
+    dep = deploy(model_for(arch, shapes_data), npu, "w8a16", tmp_path, val, calibration)
+    assert placement(dep.path, npu).coverage == 1.0
+
+
 def test_unsupported_operator_falls_back_and_lowers_coverage(
     npu, tiny_arch, shapes_data, tmp_path: Path
 ) -> None:

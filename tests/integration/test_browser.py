@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.integration._cli import REPO, TINY, vlmnas
+from tests.integration._cli import REPO
 from tests.integration._net import free_port, start_dashboard, wait_for_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # its fixture runs a whole search
@@ -62,12 +62,9 @@ def browser():
     shutil.rmtree(profile, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("runs")
-    run = vlmnas("search", f"study.workdir={workdir}", "study.name=tiny", "study.n_trials=3", *TINY)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return workdir
+@pytest.fixture(scope="session")
+def study(tiny_study: Path) -> Path:
+    return tiny_study
 
 
 def _wait_for_text(driver, needles: list[str], timeout: float = 90.0) -> str:

@@ -17,13 +17,9 @@ from dashboards import tracking_uri_for
 from tests.integration._cli import REPO, TINY, vlmnas
 
 
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("runs")
-    run = vlmnas("search", f"study.workdir={workdir}", "study.name=tiny", "study.n_trials=3", *TINY)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "Pareto front of" in run.stdout
-    return workdir
+@pytest.fixture(scope="session")
+def searched(tiny_study: Path) -> Path:
+    return tiny_study
 
 
 @pytest.mark.slow
@@ -138,9 +134,9 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-# Slow: a Python per case, importing every dependency first (test_config.py checks the
-# same messages in-process, in the quick loop).
-@pytest.mark.slow
+# Each case runs `vlmnas search` in this interpreter (`studies.cli.main`, the function the
+# console script calls): a fresh Python per case costs ~16 s of imports on 2 cores. One
+# case, below, runs the real command in its own process for the exit status and stderr.
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -176,16 +172,30 @@ def _has_cuda() -> bool:
     ],
 )
 def test_bad_input_is_one_line_before_anything_is_written(
-    tmp_path: Path, args, needle: str
+    tmp_path: Path, args, needle: str, capsys
 ) -> None:
+    from studies.cli import main
+
     if args == "BAD_LLAVA":
         args = ["data=llava", f"data.root={_bad_llava(tmp_path)}"]
     workdir = tmp_path / "runs"
-    run = vlmnas("search", f"study.workdir={workdir}", *args)
+    assert main(["search", f"study.workdir={workdir}", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vlmnas: error: "), lines
+    assert needle in lines[0]
+    assert not (workdir / "optuna.db").exists() and not (workdir / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_bad_input_exits_2_with_one_line_from_the_command(tmp_path: Path) -> None:
+    workdir = tmp_path / "runs"
+    run = vlmnas(
+        "search", f"study.workdir={workdir}", "data=llava", f"data.root={_bad_llava(tmp_path)}"
+    )
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vlmnas: error: "), run.stderr
-    assert needle in lines[0]
+    assert "val.json record 1" in lines[0]
     assert not (workdir / "optuna.db").exists() and not (workdir / "mlflow.db").exists()
 
 

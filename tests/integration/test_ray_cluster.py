@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -27,6 +28,27 @@ RAY = str(Path(sys.executable).with_name("ray"))
 def _ray(*args: str, env: dict[str, str]) -> None:
     run = subprocess.run([RAY, *args], capture_output=True, text=True, timeout=180, env=env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+
+
+def _stop_cluster(temp: Path, address: str) -> None:
+    """Kill this test's two nodes only: `ray stop` would also kill every other Ray
+    instance on the host (another test's, in a parallel run). Their processes name the
+    head's temp dir or the cluster's address on their command lines."""
+    import psutil
+
+    marks = (str(temp), address, f"--gcs_server_port={address.rsplit(':', 1)[1]}")
+    for _ in range(10):
+        mine = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if proc.pid != os.getpid() and any(m in cmdline for m in marks):
+                mine.append(proc)
+        if not mine:
+            return
+        for proc in mine:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(mine, timeout=10)
 
 
 def test_search_runs_on_a_two_node_local_cluster(tmp_path: Path) -> None:
@@ -77,7 +99,7 @@ def test_search_runs_on_a_two_node_local_cluster(tmp_path: Path) -> None:
         )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=env)
+        _stop_cluster(temp, address)
         shutil.rmtree(temp, ignore_errors=True)
     study = optuna.load_study(study_name="cluster", storage=f"sqlite:///{workdir / 'optuna.db'}")
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.COMPLETE] * 3

@@ -2,13 +2,28 @@
 
 Kept apart from the ONNX Runtime backend so that the PyTorch backend runs on a host that
 has torch and numpy but no onnxruntime.
+
+Measurement quality. A latency is only worth comparing with another if the host ran as
+fast for both. Every measurement therefore also reads a `Reference`, a short fixed
+workload on the same runtime and thread count (the median of 3 runs of a few ms each),
+before and after the timed runs. The slower reading is the report's `reference_ms`, and
+`p50_ms / reference_ms` (the trial's `<profile>/latency_rel`) compares figures taken on
+differing or differently loaded machines. The baseline is the fastest reading this
+process has seen for that runtime and thread count (at first, the first one). It lives
+in this module, per process: a Ray actor is reused across trials, so one baseline spans
+the trials it runs, and a new driver starts a new one. A measurement whose reference ran
+more than 10% slower than the baseline was taken on a disturbed host: it waits
+`DISTURBED_WAIT_S` and measures again, up to `DISTURBED_RETRIES` times, and if the
+slowdown persists the report says `quality="disturbed"` instead of `"ok"`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +45,11 @@ class LatencyReport:
     source: str  # measured | estimated
     runtime: str  # e.g. "onnxruntime 1.32.0 CPUExecutionProvider"
     cpu: str  # the device that ran it: CPU model, or GPU name for a CUDA profile
+    # The reference workload's time around this measurement (None: not measured, as for
+    # an estimate, or a report from before references were kept).
+    reference_ms: float | None = None
+    load_avg: float | None = None  # the host's 1-minute load average when it ended
+    quality: str = "ok"  # ok | disturbed: the reference ran > 10% slower than its baseline
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,15 +72,104 @@ class TimingSettings(Protocol):
     def latency_source(self) -> str: ...
 
 
+# A reference more than this much slower than its baseline marks the host as disturbed:
+# on a quiet host the reference repeats within a few percent.
+DISTURBED_SLOWDOWN = 1.10
+DISTURBED_WAIT_S = 2.0  # how long a disturbed measurement waits before measuring again
+DISTURBED_RETRIES = 3  # re-measurements before a persisting disturbance is reported
+# Reference runs per reading, of which the median counts: one preempted run alone (a
+# 30% outlier on a quiet 2-core host) does not mark a measurement disturbed, a
+# competing process slows all of them (5x with two busy loops on 2 cores).
+REFERENCE_SAMPLES = 3
+
+# Reference.key -> the fastest reference time (ms) this process has seen for it.
+_baselines: dict[str, float] = {}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A short fixed workload on a measurement's runtime and thread count.
+
+    `time_ms` runs it and returns its milliseconds; it is the same work every time, so a
+    change in its time is a change in the host (load, clock, another machine), never in
+    the candidate. `key` names the runtime and thread count: baselines are only kept,
+    and compared, per key.
+    """
+
+    key: str
+    time_ms: Callable[[], float]
+
+
+def baseline_ms(key: str, reference_ms: float) -> float:
+    """The baseline for `key` once `reference_ms` is seen: the fastest reference time of
+    this process. The fastest, not simply the first, so that a process that started on
+    a busy host does not take the busy figure as normal for good."""
+    best = min(_baselines.get(key, reference_ms), reference_ms)
+    _baselines[key] = best
+    return best
+
+
+def latency_quality(reference_ms: float, baseline: float) -> str:
+    """`disturbed` when the reference ran more than `DISTURBED_SLOWDOWN` times its
+    baseline, else `ok`."""
+    return "disturbed" if reference_ms > baseline * DISTURBED_SLOWDOWN else "ok"
+
+
 def time_runs(
-    run_ms: Callable[[], float], profile: TimingSettings, *, runtime: str, device: str
+    run_ms: Callable[[], float],
+    profile: TimingSettings,
+    *,
+    runtime: str,
+    device: str,
+    reference: Reference | None = None,
 ) -> LatencyReport:
     """Time `run_ms` (one forward pass, returns its milliseconds): warm-up, then timed runs
     (at least `repeats` and at least `min_time_s` seconds), re-measured while cv > max_cv.
 
     The attempt with the lowest cv is reported. The caller guarantees that nothing else
     runs on the device meanwhile (the study measures one candidate at a time).
+
+    With a `reference`, it is timed before and after, and a measurement whose reference
+    ran slow (`latency_quality`) is repeated after a pause, up to `DISTURBED_RETRIES`
+    times: a cv check alone misses a host that is uniformly slower throughout (another
+    process on the cores, a lowered clock).
     """
+    for retry in range(DISTURBED_RETRIES + 1):
+        before = _reading(reference) if reference is not None else None
+        cv, times, attempts = _timed_attempts(run_ms, profile)
+        reference_ms: float | None = None
+        quality = "ok"
+        if reference is not None and before is not None:
+            reference_ms = max(before, _reading(reference))
+            quality = latency_quality(reference_ms, baseline_ms(reference.key, reference_ms))
+        if quality == "ok" or retry == DISTURBED_RETRIES:
+            break
+        time.sleep(DISTURBED_WAIT_S)
+    return LatencyReport(
+        p50_ms=float(np.percentile(times, 50)),
+        p95_ms=float(np.percentile(times, 95)),
+        mean_ms=statistics.fmean(times),
+        cv=cv,
+        n=len(times),
+        attempts=attempts,
+        source=profile.latency_source,
+        runtime=runtime,
+        cpu=device,
+        reference_ms=reference_ms,
+        load_avg=load_average(),
+        quality=quality,
+    )
+
+
+def _reading(reference: Reference) -> float:
+    """The reference's time now: the median of `REFERENCE_SAMPLES` runs."""
+    return statistics.median(reference.time_ms() for _ in range(REFERENCE_SAMPLES))
+
+
+def _timed_attempts(
+    run_ms: Callable[[], float], profile: TimingSettings
+) -> tuple[float, list[float], int]:
+    """(cv, run times, attempts) of the attempt with the lowest cv."""
     best: tuple[float, list[float]] | None = None
     attempts = 0
     while attempts < profile.max_attempts:
@@ -78,21 +187,20 @@ def time_runs(
         if cv <= profile.max_cv:
             break
     assert best is not None
-    cv, times = best
-    return LatencyReport(
-        p50_ms=float(np.percentile(times, 50)),
-        p95_ms=float(np.percentile(times, 95)),
-        mean_ms=statistics.fmean(times),
-        cv=cv,
-        n=len(times),
-        attempts=attempts,
-        source=profile.latency_source,
-        runtime=runtime,
-        cpu=device,
-    )
+    return best[0], best[1], attempts
 
 
-def cpu_description() -> str:
+def load_average() -> float | None:
+    """The host's 1-minute load average; None where the OS has none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _cpu_model_and_flags() -> tuple[str, list[str]]:
+    """The CPU's model name and feature flags from /proc/cpuinfo (Linux); elsewhere the
+    platform's processor name and no flags."""
     model = platform.processor() or platform.machine()
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -103,5 +211,20 @@ def cpu_description() -> str:
             model = line.split(":", 1)[1].strip()
             break
     flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return model, flags
+
+
+def cpu_fingerprint() -> str:
+    """A short hash of the CPU model, all its flags and the CPU count: what a latency
+    measured on this host depends on beyond the profile. Two hosts with the same model
+    but other flags (a VM that hides AVX-512) run other kernels, so they differ here."""
+    model, flags = _cpu_model_and_flags()
+    text = f"{model}|{' '.join(sorted(flags))}|{os.cpu_count()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cpu_description() -> str:
+    """The CPU for people: model, CPU count and the SIMD flags that matter to kernels."""
+    model, flags = _cpu_model_and_flags()
     simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
     return f"{model} ({os.cpu_count()} cpus; {' '.join(simd) or 'no avx2'})"

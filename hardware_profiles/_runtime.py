@@ -19,7 +19,7 @@ import torch
 from search_spaces import FAMILY, EncodedVQA, decode_accuracy
 
 from ._profile import ORT_SCHEMES, HardwareProfile, ProfileError, register_ep_library
-from ._report import LatencyReport, cpu_description, time_runs
+from ._report import LatencyReport, Reference, cpu_description, cpu_fingerprint, time_runs
 
 INPUT_NAMES = ("pixel_values", "image_index", "input_ids")
 OPSET = 17
@@ -188,10 +188,12 @@ class _CalibrationReader:
 
 
 def session(
-    onnx_path: Path, profile: HardwareProfile, *, record_placement: bool = False
+    onnx_path: Path | bytes, profile: HardwareProfile, *, record_placement: bool = False
 ) -> ort.InferenceSession:
     """An inference session on the profile's execution provider (a plugin EP such as QNN
-    is registered first). `record_placement` keeps which EP runs each node."""
+    is registered first) for an ONNX file or a serialized model. `record_placement`
+    keeps which EP runs each node."""
+    model = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = profile.threads
     opts.inter_op_num_threads = 1
@@ -208,9 +210,9 @@ def session(
                 f"hardware.{profile.name}: {profile.execution_provider} has no device"
             )
         opts.add_provider_for_devices(devices, dict(profile.provider_options))
-        return ort.InferenceSession(str(onnx_path), sess_options=opts)
+        return ort.InferenceSession(model, sess_options=opts)
     providers: list[Any] = [(profile.execution_provider, dict(profile.provider_options))]
-    return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
+    return ort.InferenceSession(model, sess_options=opts, providers=providers)
 
 
 @dataclass(frozen=True)
@@ -294,7 +296,75 @@ def measure(onnx_path: Path, profile: HardwareProfile, example: EncodedVQA) -> L
         profile,
         runtime=f"onnxruntime {ort.__version__} {profile.execution_provider}",
         device=cpu_description(),
+        reference=reference(profile),
     )
+
+
+# The reference workload: a chain of fp32 MatMuls of fixed size, run `_REFERENCE_RUNS`
+# times. ~0.43 ms a chain on one thread of a 2-core AMD EPYC, so ~4.3 ms a run: long
+# enough to span scheduler slices (a competing process shows up in it), short enough
+# to read (`REFERENCE_SAMPLES` runs, ~13 ms) before and after every measurement.
+_REFERENCE_ROWS, _REFERENCE_WIDTH, _REFERENCE_LAYERS, _REFERENCE_RUNS = 64, 256, 4, 10
+# (execution provider, its options, threads) -> the reference, built once per process.
+_references: dict[tuple[object, ...], Reference] = {}
+
+
+def reference(profile: HardwareProfile) -> Reference:
+    """The reference workload on `profile`'s execution provider, thread count and session
+    options (`session`), as `time_runs` takes it; built on first use and kept for the
+    process, so its time is the host's, not a new session's."""
+    key = (
+        profile.execution_provider,
+        profile.provider_options,
+        profile.ep_library,
+        profile.threads,
+    )
+    if key not in _references:
+        sess = session(_reference_model(), profile)
+        feeds = {"x": np.ones((_REFERENCE_ROWS, _REFERENCE_WIDTH), np.float32)}
+        sess.run(None, feeds)  # first run allocates and plans: not the host's speed
+
+        def time_ms() -> float:
+            start = time.perf_counter()
+            for _ in range(_REFERENCE_RUNS):
+                sess.run(None, feeds)
+            return (time.perf_counter() - start) * 1000.0
+
+        name = (
+            f"onnxruntime {ort.__version__} {profile.execution_provider} threads={profile.threads}"
+        )
+        _references[key] = Reference(key=name, time_ms=time_ms)
+    return _references[key]
+
+
+def _reference_model() -> bytes:
+    """The reference graph, built in memory: x (64, 256) through 4 MatMuls with fixed
+    (seeded) 256 x 256 weights, scaled so that values stay near 1."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    width, layers = _REFERENCE_WIDTH, _REFERENCE_LAYERS
+    weights = [
+        numpy_helper.from_array(
+            (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{i}"
+        )
+        for i in range(layers)
+    ]
+    names = ["x", *(f"h{i}" for i in range(1, layers)), "y"]
+    nodes = [helper.make_node("MatMul", [names[i], f"w{i}"], [names[i + 1]]) for i in range(layers)]
+    shape = [_REFERENCE_ROWS, width]
+    graph = helper.make_graph(
+        nodes,
+        "vlmnas_reference",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8  # readable by every onnxruntime this project supports
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
 def estimate(onnx_path: Path, profile: HardwareProfile) -> LatencyReport:
@@ -340,11 +410,14 @@ def _activation_bits(onnx_path: Path) -> int:
 
 
 class LatencyCache:
-    """Measured latencies by (architecture, scheme, profile, runtime version).
+    """Measured latencies by (architecture, scheme, profile, runtime versions, CPU).
 
     The key takes the whole profile (threads, batch, timing settings), so changing any of
-    them re-measures; so does another onnxruntime version. One JSON file per entry,
-    written atomically.
+    them re-measures; so does another onnxruntime or torch version, and another CPU (its
+    model and flags, `cpu_fingerprint`) or GPU: a workdir moved to another machine
+    measures again instead of reusing the old machine's figures. One JSON file per
+    entry, written atomically. A `disturbed` report is not kept, so that the next trial
+    of that graph measures it again rather than inheriting a figure from a busy host.
     """
 
     def __init__(self, root: Path) -> None:
@@ -358,6 +431,9 @@ class LatencyCache:
                 "scheme": scheme,
                 "profile": asdict(profile),
                 "runtime": ort.__version__,
+                "torch": torch.__version__,
+                "cpu": cpu_fingerprint(),
+                "gpu": _gpu_name(profile),
             },
             sort_keys=True,
             default=str,
@@ -369,10 +445,22 @@ class LatencyCache:
         return LatencyReport(**json.loads(path.read_text())) if path.is_file() else None
 
     def put(self, key: str, report: LatencyReport) -> None:
+        if report.quality == "disturbed":
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".{key}.{os.getpid()}.tmp"  # unique: drivers may share the cache
         tmp.write_text(json.dumps(report.as_dict()))
         os.replace(tmp, self.root / f"{key}.json")
+
+
+def _gpu_name(profile: HardwareProfile) -> str:
+    """The CUDA device a torch profile runs on ("" for every other profile, or without
+    CUDA: such a profile cannot be measured here anyway)."""
+    if profile.runtime != "torch" or not profile.device.startswith("cuda"):
+        return ""
+    if not torch.cuda.is_available():
+        return ""
+    return torch.cuda.get_device_name(torch.device(profile.device))
 
 
 def evaluate(

@@ -22,7 +22,7 @@ import torch
 
 from search_spaces import EncodedVQA, decode_accuracy
 
-from ._report import LatencyReport, TimingSettings, cpu_description, time_runs
+from ._report import LatencyReport, Reference, TimingSettings, cpu_description, time_runs
 
 TORCH_SCHEMES = ("fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -110,6 +110,7 @@ def measure(
                 profile,
                 runtime=f"{version} eager {scheme} cpu",
                 device=cpu_description(),
+                reference=reference(device),
             )
         gpu = torch.cuda.get_device_name(device)
         run, mode = _cuda_timed(lambda: model(*inputs)), "eager"
@@ -120,7 +121,61 @@ def measure(
                 torch.cuda.synchronize(device)
                 mode = f"eager (cuda graph capture failed: {type(exc).__name__})"
                 warnings.warn(f"{mode}: {exc}", RuntimeWarning, stacklevel=2)
-        return time_runs(run, profile, runtime=f"{version} {mode} {scheme} {gpu}", device=gpu)
+        return time_runs(
+            run,
+            profile,
+            runtime=f"{version} {mode} {scheme} {gpu}",
+            device=gpu,
+            reference=reference(device),
+        )
+
+
+# The reference workload per device type: (rows, width, layers, runs) of an fp32 MatMul
+# chain. On the CPU the ONNX backend's sizes (~5.6 ms a run on one thread of a 2-core
+# AMD EPYC); on a GPU wide enough to be compute-bound (17 GFLOP a MatMul, ~0.3 ms at an
+# H100's fp32 peak: not measured here), so that another process on the GPU shows up in
+# it, not only a slow host.
+_REFERENCE_SIZES = {"cpu": (64, 256, 4, 10), "cuda": (2048, 2048, 4, 5)}
+# (device, threads) -> the reference, built once per process.
+_references: dict[tuple[str, int], Reference] = {}
+
+
+def reference(device: torch.device) -> Reference:
+    """The reference workload on `device` with torch's current thread count, as
+    `time_runs` takes it: fixed seeded weights, timed with `time.perf_counter` on the CPU
+    and with CUDA events on a GPU. Built on first use and kept for the process."""
+    threads = torch.get_num_threads()
+    key = (str(device), threads)
+    if key not in _references:
+        rows, width, layers, runs = _REFERENCE_SIZES[device.type]
+        gen = torch.Generator().manual_seed(0)
+        weights = [
+            (torch.randn(width, width, generator=gen) / width**0.5).to(device)
+            for _ in range(layers)
+        ]
+        x = torch.ones(rows, width, device=device)
+
+        def chain() -> None:
+            with torch.inference_mode():
+                for _ in range(runs):
+                    h = x
+                    for w in weights:
+                        h = h @ w
+
+        if device.type == "cuda":
+            chain()  # first run loads cuBLAS kernels: not the host's speed
+            time_ms = _cuda_timed(chain)
+        else:
+            chain()
+
+            def time_ms() -> float:
+                start = time.perf_counter()
+                chain()
+                return (time.perf_counter() - start) * 1000.0
+
+        name = f"torch {torch.__version__} {device} threads={threads}"
+        _references[key] = Reference(key=name, time_ms=time_ms)
+    return _references[key]
 
 
 def evaluate(

@@ -177,8 +177,12 @@ def cheap_metrics(
             metrics[f"{profile.name}/latency_p50_ms"] = measured.p50_ms
             metrics[f"{profile.name}/latency_p95_ms"] = measured.p95_ms
             metrics[f"{profile.name}/latency_cv"] = measured.cv
+            if measured.reference_ms:  # measured with the host's reference workload
+                metrics[f"{profile.name}/reference_ms"] = measured.reference_ms
+                metrics[f"{profile.name}/latency_rel"] = measured.p50_ms / measured.reference_ms
             metrics[f"{profile.name}/size_mb"] = size_mb(dep.path)
             info[f"{profile.name}/latency_source"] = measured.source
+            info[f"{profile.name}/latency_quality"] = measured.quality
             info[f"{profile.name}/runtime"] = measured.runtime
             info[f"{profile.name}/device"] = measured.cpu
             info[f"{profile.name}/scheme"] = scheme

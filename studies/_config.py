@@ -11,6 +11,7 @@ the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -372,6 +373,7 @@ def load_config(overrides: Sequence[str] = ()) -> VlmnasConfig:
     ray = _group(RaySpec, raw, "ray")
     export = _group(ExportSpec, raw, "export")
     _check_across_groups(study, export, profiles)
+    _check_held_out(space, data)
     # Resolved here, in the driver: Ray runs trials with another working directory.
     study.workdir = str(Path(study.workdir).expanduser().resolve())
     return VlmnasConfig(space, profiles, data, trainer, study, raw, choices, ray, export)
@@ -402,6 +404,32 @@ def _bind_backbone(space: Any, node: Any) -> Any:
 
 
 _REPO = Path(__file__).resolve().parents[1]
+
+
+def _check_held_out(space: Any, data: DataConfig) -> None:
+    """A checkpoint built by `vlmnas pretrain` records its data (`pretrain.json`). The
+    shapes-VQA generator draws the training records, then the validation ones, from one
+    stream per seed: with the checkpoint's seed, a study's validation images (records
+    train_images .. train_images + val_images) are among the checkpoint's training
+    images unless the study draws at least as many training images. Scoring on them
+    would measure memory, not the cut."""
+    backbone = getattr(space, "backbone", None)
+    if backbone is None or data.name != "shapes_vqa" or data.root:
+        return
+    record = Path(backbone.path) / "pretrain.json"
+    if not record.is_file():
+        return
+    built = json.loads(record.read_text()).get("data") or {}
+    if (
+        built.get("name") == "shapes_vqa"
+        and built.get("seed") == data.seed
+        and data.train_images < int(built.get("train_images", 0))
+    ):
+        raise ConfigError(
+            f"data.seed={data.seed}: {backbone.path} was trained on shapes-VQA with seed"
+            f" {data.seed} ({built.get('train_images')} training images), so this study's"
+            f" validation images would be among them; use another data.seed"
+        )
 
 
 def text_side(cfg: VlmnasConfig, trial_dir: Path | None = None) -> Any:

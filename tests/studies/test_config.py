@@ -148,3 +148,14 @@ def test_edge_npu_preset_selects_both_profiles() -> None:
     cfg = load_config(["study=edge_npu"])
     assert [p.name for p in cfg.profiles] == ["cpu", "npu_htp"]
     assert {o.metric.split("/")[0] for o in cfg.study.objectives} == {"cpu", "npu_htp"}
+
+
+def test_a_study_of_the_shipped_checkpoint_scores_on_images_it_was_not_trained_on() -> None:
+    # shapes-VQA draws train then val records from one stream per seed: with the
+    # checkpoint's seed 0 and fewer training images, the study's validation images are
+    # among the checkpoint's 6,000 training images (pretrain.json).
+    with pytest.raises(ConfigError, match=r"data.seed=0: .* validation images would be among"):
+        load_config(["study=pretrained_cpu", "data.seed=0"])
+    assert load_config(["study=pretrained_cpu"]).data.seed == 1  # the preset holds them out
+    # with at least as many training images the study's validation records come after
+    load_config(["study=pretrained_cpu", "data.seed=0", "data.train_images=6000"])

@@ -118,7 +118,9 @@ def test_measure_on_cpu_reports_eager_runs_at_the_profile_batch(untrained, val, 
     assert report.source == "measured"
     assert "eager" in report.runtime and scheme in report.runtime and "cpu" in report.runtime
     assert report.cpu
-    assert batches == [profile.batch] * (profile.warmup + report.n)
+    # every run at the profile's batch; more runs than warm-up + n where a disturbed
+    # host made the measurement repeat (hardware_profiles/_report.py `time_runs`)
+    assert set(batches) == {profile.batch} and len(batches) >= profile.warmup + report.n
 
 
 def test_measure_rejects_a_model_on_another_device(untrained, val) -> None:

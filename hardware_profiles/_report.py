@@ -82,6 +82,13 @@ DISTURBED_RETRIES = 3  # re-measurements before a persisting disturbance is repo
 # competing process slows all of them (5x with two busy loops on 2 cores).
 REFERENCE_SAMPLES = 3
 
+# The CPU reference workload of both backends (ONNX Runtime and torch): x (rows, width)
+# through `layers` fp32 MatMuls with fixed seeded (width, width) weights, `runs` times a
+# reading. ~0.43 ms a chain on one thread of a 2-core AMD EPYC, so ~4.3 ms a run: long
+# enough to span scheduler slices (a competing process shows up in it), short enough
+# to read (`REFERENCE_SAMPLES` runs, ~13 ms) before and after every measurement.
+CPU_REFERENCE = (64, 256, 4, 10)  # (rows, width, layers, runs)
+
 # Reference.key -> the fastest reference time (ms) this process has seen for it.
 _baselines: dict[str, float] = {}
 

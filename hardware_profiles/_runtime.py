@@ -19,7 +19,14 @@ import torch
 from search_spaces import FAMILY, EncodedVQA, decode_accuracy
 
 from ._profile import ORT_SCHEMES, HardwareProfile, ProfileError, register_ep_library
-from ._report import LatencyReport, Reference, cpu_description, cpu_fingerprint, time_runs
+from ._report import (
+    CPU_REFERENCE,
+    LatencyReport,
+    Reference,
+    cpu_description,
+    cpu_fingerprint,
+    time_runs,
+)
 
 INPUT_NAMES = ("pixel_values", "image_index", "input_ids")
 OPSET = 17
@@ -300,11 +307,8 @@ def measure(onnx_path: Path, profile: HardwareProfile, example: EncodedVQA) -> L
     )
 
 
-# The reference workload: a chain of fp32 MatMuls of fixed size, run `_REFERENCE_RUNS`
-# times. ~0.43 ms a chain on one thread of a 2-core AMD EPYC, so ~4.3 ms a run: long
-# enough to span scheduler slices (a competing process shows up in it), short enough
-# to read (`REFERENCE_SAMPLES` runs, ~13 ms) before and after every measurement.
-_REFERENCE_ROWS, _REFERENCE_WIDTH, _REFERENCE_LAYERS, _REFERENCE_RUNS = 64, 256, 4, 10
+# The reference workload's sizes are `_report.CPU_REFERENCE`, shared with the torch backend.
+_REFERENCE_ROWS, _REFERENCE_WIDTH, _REFERENCE_LAYERS, _REFERENCE_RUNS = CPU_REFERENCE
 # (execution provider, its options, threads) -> the reference, built once per process.
 _references: dict[tuple[object, ...], Reference] = {}
 

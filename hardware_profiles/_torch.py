@@ -22,7 +22,14 @@ import torch
 
 from search_spaces import EncodedVQA, decode_accuracy
 
-from ._report import LatencyReport, Reference, TimingSettings, cpu_description, time_runs
+from ._report import (
+    CPU_REFERENCE,
+    LatencyReport,
+    Reference,
+    TimingSettings,
+    cpu_description,
+    time_runs,
+)
 
 TORCH_SCHEMES = ("fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -131,11 +138,11 @@ def measure(
 
 
 # The reference workload per device type: (rows, width, layers, runs) of an fp32 MatMul
-# chain. On the CPU the ONNX backend's sizes (~5.6 ms a run on one thread of a 2-core
-# AMD EPYC); on a GPU wide enough to be compute-bound (17 GFLOP a MatMul, ~0.3 ms at an
+# chain. On the CPU the ONNX backend's sizes, `_report.CPU_REFERENCE` (~5.6 ms a run in
+# torch on one thread of a 2-core AMD EPYC); on a GPU wide enough to be compute-bound (17 GFLOP a MatMul, ~0.3 ms at an
 # H100's fp32 peak: not measured here), so that another process on the GPU shows up in
 # it, not only a slow host.
-_REFERENCE_SIZES = {"cpu": (64, 256, 4, 10), "cuda": (2048, 2048, 4, 5)}
+_REFERENCE_SIZES = {"cpu": CPU_REFERENCE, "cuda": (2048, 2048, 4, 5)}
 # (device, threads) -> the reference, built once per process.
 _references: dict[tuple[str, int], Reference] = {}
 

@@ -14,6 +14,7 @@ COMMANDS = {
     "dashboard": "serve the MLflow UI and optuna-dashboard for the study on 127.0.0.1 (--port, --optuna-port, --host)",
     "train": "rebuild and retrain an exported winner: vlmnas train candidate=<export>/config.yaml",
     "pretrain": "train the shipped LLaVA-NeXT checkpoint (pretrain.out, default checkpoints/shapes-llava-next)",
+    "replay": "replay samplers against a measured table: vlmnas replay table=FILE.csv 'table.params=[...]' 'table.objectives=[col:max,col:min]'",
 }
 
 
@@ -64,6 +65,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 was = f" (exported: {before:.4g})" if isinstance(before, int | float) else ""
                 print(f"vlmnas: {key}={value:.4g}{was}")
             print(f"vlmnas: retrained into {path.parent / 'retrained'}")
+            return 0
+        if args.command == "replay":
+            from ._replay import run_cli
+
+            result, out = run_cli(args.overrides)
+            for name, summary in result["samplers"].items():
+                shares = "  ".join(
+                    f"{k.removeprefix('share_after_')}: {v['mean']:.3f}"
+                    for k, v in summary.items()
+                    if k.startswith("share_after_") and v["mean"] is not None
+                )
+                reach = summary["trainings_to_95"]
+                print(
+                    f"vlmnas: {name}: hypervolume share after trainings {shares};"
+                    f" 95% reached by {reach['reached']}/{len(summary['seeds'])} seeds"
+                )
+            print(f"vlmnas: wrote {out} (reference {result['reference']})")
             return 0
         cfg = load_config(args.overrides)
         if args.command == "search":

@@ -7,9 +7,16 @@ from common import busy, measuring
 
 from ._deploy import Accuracy, Deployment, accuracy, coverage, deploy, latency, wilson_interval
 from ._profile import HardwareProfile, ProfileError, known_profiles
-from ._report import LatencyReport
+from ._report import GENERATION_PHASES, LatencyReport
 
 if TYPE_CHECKING:  # typed for readers and mypy; imported on first use at run time
+    from ._generate import (
+        GenerationDeployment,
+        deploy_generation,
+        measure_generation,
+        measure_rerun,
+        ort_parts,
+    )
     from ._runtime import (
         LatencyCache,
         Placement,
@@ -37,17 +44,33 @@ _RUNTIME_NAMES = (
 )
 
 
+# Generation through the three KV-cache graphs (ONNX Runtime too).
+_GENERATE_NAMES = (
+    "GenerationDeployment",
+    "deploy_generation",
+    "measure_generation",
+    "measure_rerun",
+    "ort_parts",
+)
+
+
 def __getattr__(name: str) -> Any:
     if name in _RUNTIME_NAMES:
         from . import _runtime
 
         return getattr(_runtime, name)
+    if name in _GENERATE_NAMES:
+        from . import _generate
+
+        return getattr(_generate, name)
     raise AttributeError(f"module 'hardware_profiles' has no attribute {name!r}")
 
 
 __all__ = [
+    "GENERATION_PHASES",
     "Accuracy",
     "Deployment",
+    "GenerationDeployment",
     "HardwareProfile",
     "LatencyCache",
     "LatencyReport",
@@ -57,12 +80,16 @@ __all__ = [
     "busy",
     "coverage",
     "deploy",
+    "deploy_generation",
     "evaluate",
     "export_onnx",
     "known_profiles",
     "latency",
     "measure",
+    "measure_generation",
+    "measure_rerun",
     "measuring",
+    "ort_parts",
     "placement",
     "quantize",
     "session",

@@ -64,6 +64,10 @@ class HardwareProfile:
     ep_library: str = ""
     device: Device = "cpu"  # where the torch runtime runs
     static_shapes: bool = False  # export with a fixed batch (NPUs compile static graphs)
+    # Time and score whole greedy answers through the vision, embedding and KV-cache
+    # decoder graphs (where the profile supports them: `times_generation`); false: one
+    # graph, latency of one forward pass (what studies before the KV-cache graphs timed).
+    generation: bool = True
     threads: Positive = 1
     batch: Positive = 1
     quant_schemes: Annotated[tuple[Scheme, ...], Field(min_length=1)] = ("fp32",)
@@ -74,6 +78,10 @@ class HardwareProfile:
     # re-measure while the coefficient of variation is above this
     max_cv: Annotated[float, Field(ge=0.0)] = 0.05
     max_attempts: Positive = 3
+    # A measurement whose reference workload ran slow (hardware_profiles/_report.py) waits
+    # this long and measures again, up to this many times, before it is tagged disturbed.
+    disturbed_wait_s: Annotated[float, Field(ge=0.0)] = 2.0
+    disturbed_retries: NonNegative = 3
     eval_batch: Positive = 64  # rows per run when measuring accuracy on the runtime
     # training images whose questions calibrate static quantization
     calibration_images: Positive = 16
@@ -87,6 +95,15 @@ class HardwareProfile:
     @property
     def is_npu(self) -> bool:
         return self.execution_provider == "QNNExecutionProvider"
+
+    @property
+    def times_generation(self) -> bool:
+        """Whether trials time generation on this profile (vision, prefill, time to first
+        token, per token, end to end): ONNX Runtime profiles through the generation
+        graphs (`_generate.py`; measured or estimated, static shapes through the
+        fixed-context graphs) and torch profiles through the module's three parts
+        (`_torch.measure_generation`), unless the profile says `generation: false`."""
+        return self.generation
 
     @property
     def cost_params(self) -> dict[str, float]:

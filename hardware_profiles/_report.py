@@ -5,27 +5,29 @@ has torch and numpy but no onnxruntime.
 
 Measurement quality. A latency is only worth comparing with another if the host ran as
 fast for both. Every measurement therefore also reads a `Reference`, a short fixed
-workload on the same runtime and thread count (the median of 3 runs of a few ms each),
+workload on the same runtime and thread count (the median of 3 samples of >= 8 ms each),
 before and after the timed runs. The slower reading is the report's `reference_ms`, and
 `p50_ms / reference_ms` (the trial's `<profile>/latency_rel`) compares figures taken on
 differing or differently loaded machines. The baseline is the fastest reading this
 process has seen for that runtime and thread count (at first, the first one). It lives
 in this module, per process: a Ray actor is reused across trials, so one baseline spans
 the trials it runs, and a new driver starts a new one. A measurement whose reference ran
-more than 10% slower than the baseline was taken on a disturbed host: it waits
-`DISTURBED_WAIT_S` and measures again, up to `DISTURBED_RETRIES` times, and if the
-slowdown persists the report says `quality="disturbed"` instead of `"ok"`.
+more than 10% slower than the baseline was taken on a disturbed host: it waits the
+profile's `disturbed_wait_s` (2 s) and measures again, up to `disturbed_retries` (3)
+times, and if the slowdown persists the report says `quality="disturbed"`, not `"ok"`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,7 +36,9 @@ import numpy as np
 
 @dataclass(frozen=True)
 class LatencyReport:
-    """One forward pass (full static sequence, i.e. prefill) at the profile's batch size."""
+    """Timed runs at the profile's batch size: one forward pass of the one-graph model
+    (its full static sequence), or one whole greedy generation
+    (`hardware_profiles._generate`), whose phases' medians are in `phases`."""
 
     p50_ms: float
     p95_ms: float
@@ -50,6 +54,9 @@ class LatencyReport:
     reference_ms: float | None = None
     load_avg: float | None = None  # the host's 1-minute load average when it ended
     quality: str = "ok"  # ok | disturbed: the reference ran > 10% slower than its baseline
+    # A generation's phases (vision_ms, prefill_ms, ttft_ms, decode_ms_per_token, e2e_ms):
+    # medians over the reported attempt's runs; empty for a one-graph forward pass.
+    phases: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,14 +76,16 @@ class TimingSettings(Protocol):
     @property
     def max_attempts(self) -> int: ...
     @property
+    def disturbed_wait_s(self) -> float: ...
+    @property
+    def disturbed_retries(self) -> int: ...
+    @property
     def latency_source(self) -> str: ...
 
 
 # A reference more than this much slower than its baseline marks the host as disturbed:
 # on a quiet host the reference repeats within a few percent.
 DISTURBED_SLOWDOWN = 1.10
-DISTURBED_WAIT_S = 2.0  # how long a disturbed measurement waits before measuring again
-DISTURBED_RETRIES = 3  # re-measurements before a persisting disturbance is reported
 # Reference runs per reading, of which the median counts: one preempted run alone (a
 # 30% outlier on a quiet 2-core host) does not mark a measurement disturbed, a
 # competing process slows all of them (5x with two busy loops on 2 cores).
@@ -84,10 +93,15 @@ REFERENCE_SAMPLES = 3
 
 # The CPU reference workload of both backends (ONNX Runtime and torch): x (rows, width)
 # through `layers` fp32 MatMuls with fixed seeded (width, width) weights, `runs` times a
-# reading. ~0.43 ms a chain on one thread of a 2-core AMD EPYC, so ~4.3 ms a run: long
-# enough to span scheduler slices (a competing process shows up in it), short enough
-# to read (`REFERENCE_SAMPLES` runs, ~13 ms) before and after every measurement.
+# unit. ~0.2-0.4 ms a chain on one thread of a 2-core AMD EPYC, so 2-4 ms a unit; the
+# unit is the fixed work that `reference_ms` times, whatever the host.
 CPU_REFERENCE = (64, 256, 4, 10)  # (rows, width, layers, runs)
+# A reference sample repeats the unit for at least this long (`repeated_reference`):
+# long enough to span scheduler slices, so that a process sharing the core shows up in
+# it. Measured on the 2-core AMD EPYC with 3 busy loops: a reading of one 2.2 ms unit
+# per sample read 1.1-1.3x its quiet time in a third of the tries (the whole reading
+# fitted between two preemptions), one of three units per sample 2.0x or more in all.
+REFERENCE_SAMPLE_MS = 8.0
 
 # Reference.key -> the fastest reference time (ms) this process has seen for it.
 _baselines: dict[str, float] = {}
@@ -107,6 +121,21 @@ class Reference:
     time_ms: Callable[[], float]
 
 
+def repeated_reference(key: str, unit_ms: Callable[[], float]) -> Reference:
+    """A `Reference` named `key` whose sample runs `unit_ms` (one unit of fixed work,
+    returns its milliseconds) back to back for at least `REFERENCE_SAMPLE_MS` and returns
+    the milliseconds per unit: the figure stays the unit's time on every host (so that
+    `latency_rel` compares across machines) while a sample spans scheduler slices. The
+    repeat count is set here, from the fastest of 3 timings of the unit, once per
+    process and reference: a slow host later shows as slower units, not fewer of them."""
+    repeats = max(1, math.ceil(REFERENCE_SAMPLE_MS / min(unit_ms() for _ in range(3))))
+
+    def time_ms() -> float:
+        return sum(unit_ms() for _ in range(repeats)) / repeats
+
+    return Reference(key=key, time_ms=time_ms)
+
+
 def baseline_ms(key: str, reference_ms: float) -> float:
     """The baseline for `key` once `reference_ms` is seen: the fastest reference time of
     this process. The fastest, not simply the first, so that a process that started on
@@ -122,36 +151,45 @@ def latency_quality(reference_ms: float, baseline: float) -> str:
     return "disturbed" if reference_ms > baseline * DISTURBED_SLOWDOWN else "ok"
 
 
+# What a generation measurement reports (hardware_profiles/_generate.py), in
+# `LatencyReport.phases` and as `<profile>/<name>` metrics; a full re-run has no vision_ms.
+GENERATION_PHASES = ("vision_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "e2e_ms")
+
+# One timed run: its milliseconds, or its milliseconds and its phases' (a generation).
+Run = Callable[[], float] | Callable[[], tuple[float, dict[str, float]]]
+
+
 def time_runs(
-    run_ms: Callable[[], float],
+    run_ms: Run,
     profile: TimingSettings,
     *,
     runtime: str,
     device: str,
     reference: Reference | None = None,
 ) -> LatencyReport:
-    """Time `run_ms` (one forward pass, returns its milliseconds): warm-up, then timed runs
+    """Time `run_ms` (one forward pass or generation, returns its milliseconds, or those
+    and a dict of its phases' milliseconds): warm-up, then timed runs
     (at least `repeats` and at least `min_time_s` seconds), re-measured while cv > max_cv.
 
     The attempt with the lowest cv is reported. The caller guarantees that nothing else
     runs on the device meanwhile (the study measures one candidate at a time).
 
     With a `reference`, it is timed before and after, and a measurement whose reference
-    ran slow (`latency_quality`) is repeated after a pause, up to `DISTURBED_RETRIES`
-    times: a cv check alone misses a host that is uniformly slower throughout (another
-    process on the cores, a lowered clock).
+    ran slow (`latency_quality`) is repeated after a pause, up to the profile's
+    `disturbed_retries` times: a cv check alone misses a host that is uniformly slower
+    throughout (another process on the cores, a lowered clock).
     """
-    for retry in range(DISTURBED_RETRIES + 1):
+    for retry in range(profile.disturbed_retries + 1):
         before = _reading(reference) if reference is not None else None
-        cv, times, attempts = _timed_attempts(run_ms, profile)
+        cv, times, phases, attempts = _timed_attempts(run_ms, profile)
         reference_ms: float | None = None
         quality = "ok"
         if reference is not None and before is not None:
             reference_ms = max(before, _reading(reference))
             quality = latency_quality(reference_ms, baseline_ms(reference.key, reference_ms))
-        if quality == "ok" or retry == DISTURBED_RETRIES:
+        if quality == "ok" or retry == profile.disturbed_retries:
             break
-        time.sleep(DISTURBED_WAIT_S)
+        time.sleep(profile.disturbed_wait_s)
     return LatencyReport(
         p50_ms=float(np.percentile(times, 50)),
         p95_ms=float(np.percentile(times, 95)),
@@ -165,6 +203,7 @@ def time_runs(
         reference_ms=reference_ms,
         load_avg=load_average(),
         quality=quality,
+        phases={k: statistics.median(p[k] for p in phases) for k in phases[0]} if phases else {},
     )
 
 
@@ -174,27 +213,33 @@ def _reading(reference: Reference) -> float:
 
 
 def _timed_attempts(
-    run_ms: Callable[[], float], profile: TimingSettings
-) -> tuple[float, list[float], int]:
-    """(cv, run times, attempts) of the attempt with the lowest cv."""
-    best: tuple[float, list[float]] | None = None
+    run_ms: Run, profile: TimingSettings
+) -> tuple[float, list[float], list[dict[str, float]], int]:
+    """(cv, run times, run phases, attempts) of the attempt with the lowest cv."""
+    best: tuple[float, list[float], list[dict[str, float]]] | None = None
     attempts = 0
     while attempts < profile.max_attempts:
         attempts += 1
         for _ in range(profile.warmup):
             run_ms()
         times: list[float] = []
+        phases: list[dict[str, float]] = []
         # At least `repeats` runs and at least `min_time_s` of them: sub-millisecond
         # models need thousands of runs before one disturbance stops moving the p50.
         while len(times) < profile.repeats or sum(times) < profile.min_time_s * 1000.0:
-            times.append(run_ms())
+            result = run_ms()
+            if isinstance(result, tuple):
+                times.append(result[0])
+                phases.append(result[1])
+            else:
+                times.append(result)
         cv = statistics.pstdev(times) / statistics.fmean(times)
         if best is None or cv < best[0]:
-            best = (cv, times)
+            best = (cv, times, phases)
         if cv <= profile.max_cv:
             break
     assert best is not None
-    return best[0], best[1], attempts
+    return best[0], best[1], best[2], attempts
 
 
 def load_average() -> float | None:
@@ -205,9 +250,11 @@ def load_average() -> float | None:
         return None
 
 
-def _cpu_model_and_flags() -> tuple[str, list[str]]:
+@functools.cache
+def _cpu_model_and_flags() -> tuple[str, tuple[str, ...]]:
     """The CPU's model name and feature flags from /proc/cpuinfo (Linux); elsewhere the
-    platform's processor name and no flags."""
+    platform's processor name and no flags. Read once per process: every latency cache
+    key and report asks."""
     model = platform.processor() or platform.machine()
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -218,7 +265,7 @@ def _cpu_model_and_flags() -> tuple[str, list[str]]:
             model = line.split(":", 1)[1].strip()
             break
     flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-    return model, flags
+    return model, tuple(flags)
 
 
 def cpu_fingerprint() -> str:

@@ -25,11 +25,17 @@ from ._report import (
     Reference,
     cpu_description,
     cpu_fingerprint,
+    repeated_reference,
     time_runs,
 )
 
 INPUT_NAMES = ("pixel_values", "image_index", "input_ids")
 OPSET = 17
+# Enters the latency cache's key: bump it when export or quantization changes the graphs
+# that are timed (2: int4 MatMulNBits at accuracy_level 4; generation graphs; 3: a
+# generating profile's latency is a whole answer through the KV-cache graphs; 4: the
+# NPU profile generates through the fixed-context graphs).
+DEPLOY_REVISION = 4
 
 
 def export_onnx(
@@ -71,7 +77,10 @@ def export_onnx(
 
 
 def quantize(
-    onnx_path: Path, scheme: str, out_path: Path, calibration: EncodedVQA | None = None
+    onnx_path: Path,
+    scheme: str,
+    out_path: Path,
+    calibration: EncodedVQA | list[dict[str, np.ndarray]] | None = None,
 ) -> Path:
     """The model for `scheme`: `onnx_path` itself for fp32, else written to `out_path`.
 
@@ -119,7 +128,7 @@ def quantize(
                 quantize_static(
                     str(pre),
                     str(tmp),
-                    _CalibrationReader(calibration),
+                    _CalibrationReader(calibration, pre),
                     quant_format=QuantFormat.QDQ,
                     per_channel=True,
                     activation_type=QuantType.QUInt8,
@@ -130,7 +139,9 @@ def quantize(
     return out_path
 
 
-def _quantize_qnn(src: Path, out: Path, scheme: str, calibration: EncodedVQA | None) -> None:
+def _quantize_qnn(
+    src: Path, out: Path, scheme: str, calibration: EncodedVQA | list[dict[str, np.ndarray]] | None
+) -> None:
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize as ort_quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
@@ -155,7 +166,7 @@ def _quantize_qnn(src: Path, out: Path, scheme: str, calibration: EncodedVQA | N
         warnings.simplefilter("ignore")
         config = get_qnn_qdq_config(
             str(src),
-            _CalibrationReader(calibration),
+            _CalibrationReader(calibration, src),
             activation_type=activation,
             weight_type=QuantType.QUInt8,
             init_overrides=overrides or None,
@@ -168,30 +179,44 @@ def _quantize_int4(onnx_path: Path, out: Path) -> None:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    # accuracy_level 4: the kernel quantizes each activation block to int8 and multiplies
+    # in integers. At the default (fp32 compute) each weight block is dequantized on every
+    # call, and int4 decoded slower than fp32 on a 240 M model (BENCHMARKS.md §15 c).
     quantizer = MatMulNBitsQuantizer(
-        onnx.load(str(onnx_path)), bits=4, block_size=32, is_symmetric=True
+        onnx.load(str(onnx_path)), bits=4, block_size=32, is_symmetric=True, accuracy_level=4
     )
     quantizer.process()
     quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
 
 
 class _CalibrationReader:
-    """Feeds calibration samples one at a time to ORT's static quantizer."""
+    """Feeds calibration samples one at a time to ORT's static quantizer of `model`: rows
+    of encoded examples (the one-graph model's inputs), or ready feeds (a part of the
+    generation graphs, `_generate.calibration_feeds`). Only the model's own inputs are
+    fed: the ONNX exporter leaves out an input the graph never reads."""
 
-    def __init__(self, data: EncodedVQA) -> None:
+    def __init__(self, data: EncodedVQA | list[dict[str, np.ndarray]], model: Path) -> None:
+        import onnx
+
         self._rows = iter(range(len(data)))
         self._data = data
+        graph = onnx.load(str(model), load_external_data=False).graph
+        self._inputs = {i.name for i in graph.input}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         i = next(self._rows, None)
         if i is None:
             return None
-        part = self._data.slice(i, i + 1)
-        return {
-            "pixel_values": part.pixel_values,
-            "image_index": part.image_index,
-            "input_ids": part.prompt_ids,
-        }
+        if isinstance(self._data, list):
+            feeds = self._data[i]
+        else:
+            part = self._data.slice(i, i + 1)
+            feeds = {
+                "pixel_values": part.pixel_values,
+                "image_index": part.image_index,
+                "input_ids": part.prompt_ids,
+            }
+        return {name: value for name, value in feeds.items() if name in self._inputs}
 
 
 def session(
@@ -233,24 +258,25 @@ class Placement:
     fallback_subgraphs: int
 
 
-# The last placement asked for: a trial asks twice for the same file (the latency
-# estimate, then the coverage metric), and each answer costs a QNN session.
-_last_placement: tuple[tuple[object, ...], Placement] | None = None
+# The last placements asked for: a trial asks twice for the same files (the latency
+# estimate, then the coverage metric: four graphs for a generating NPU deployment), and
+# each answer costs a QNN session.
+_placements: dict[tuple[object, ...], Placement] = {}
+_PLACEMENTS_KEPT = 8
 
 
 def placement(onnx_path: Path, profile: HardwareProfile) -> Placement:
     """Ask the runtime which execution provider runs each node (ORT's
     `session.record_ep_graph_assignment_info`). Nodes the EP cannot take fall back to
     the CPU: reported here, never a crash. The answer for the same unchanged file and
-    profile as the previous call is reused."""
-    global _last_placement
+    profile as one of the last few calls is reused."""
     stat = Path(onnx_path).stat()
     key = (str(Path(onnx_path).resolve()), stat.st_mtime_ns, stat.st_size, profile)
-    if _last_placement is not None and _last_placement[0] == key:
-        return _last_placement[1]
-    result = _placement(onnx_path, profile)
-    _last_placement = (key, result)
-    return result
+    if key not in _placements:
+        while len(_placements) >= _PLACEMENTS_KEPT:
+            del _placements[next(iter(_placements))]  # the oldest
+        _placements[key] = _placement(onnx_path, profile)
+    return _placements[key]
 
 
 def _placement(onnx_path: Path, profile: HardwareProfile) -> Placement:
@@ -328,7 +354,7 @@ def reference(profile: HardwareProfile) -> Reference:
         feeds = {"x": np.ones((_REFERENCE_ROWS, _REFERENCE_WIDTH), np.float32)}
         sess.run(None, feeds)  # first run allocates and plans: not the host's speed
 
-        def time_ms() -> float:
+        def unit_ms() -> float:
             start = time.perf_counter()
             for _ in range(_REFERENCE_RUNS):
                 sess.run(None, feeds)
@@ -337,7 +363,7 @@ def reference(profile: HardwareProfile) -> Reference:
         name = (
             f"onnxruntime {ort.__version__} {profile.execution_provider} threads={profile.threads}"
         )
-        _references[key] = Reference(key=name, time_ms=time_ms)
+        _references[key] = repeated_reference(name, unit_ms)
     return _references[key]
 
 
@@ -416,9 +442,10 @@ def _activation_bits(onnx_path: Path) -> int:
 class LatencyCache:
     """Measured latencies by (architecture, scheme, profile, runtime versions, CPU).
 
-    The key takes the whole profile (threads, batch, timing settings), so changing any of
-    them re-measures; so does another onnxruntime or torch version, and another CPU (its
-    model and flags, `cpu_fingerprint`) or GPU: a workdir moved to another machine
+    The key takes the whole profile (threads, batch, timing settings) and
+    `DEPLOY_REVISION`, so changing any of them, or how graphs are built, re-measures; so
+    does another onnxruntime or torch version, and another CPU (its model and flags,
+    `cpu_fingerprint`) or GPU: a workdir moved to another machine
     measures again instead of reusing the old machine's figures. One JSON file per
     entry, written atomically. A `disturbed` report is not kept, so that the next trial
     of that graph measures it again rather than inheriting a figure from a busy host.
@@ -431,6 +458,7 @@ class LatencyCache:
         payload = json.dumps(
             {
                 "family": FAMILY,
+                "deploy": DEPLOY_REVISION,
                 "graph": graph_id,
                 "scheme": scheme,
                 "profile": asdict(profile),
@@ -494,10 +522,9 @@ def size_mb(onnx_path: Path) -> float:
 
 
 def _feeds(example: EncodedVQA, batch: int) -> dict[str, np.ndarray]:
-    reps = -(-batch // len(example))
-    take = lambda a: np.concatenate([a] * reps)[:batch]  # noqa: E731
+    rows = example.repeat_to(batch)
     return {
-        "pixel_values": take(example.pixel_values),
-        "image_index": take(example.image_index),
-        "input_ids": take(example.prompt_ids),
+        "pixel_values": rows.pixel_values,
+        "image_index": rows.image_index,
+        "input_ids": rows.prompt_ids,
     }

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from search_spaces import EncodedVQA, decode_accuracy
+from search_spaces import EncodedVQA, VlmModel, decode_accuracy
 
 from ._report import (
     CPU_REFERENCE,
@@ -28,6 +28,7 @@ from ._report import (
     Reference,
     TimingSettings,
     cpu_description,
+    repeated_reference,
     time_runs,
 )
 
@@ -139,9 +140,9 @@ def measure(
 
 # The reference workload per device type: (rows, width, layers, runs) of an fp32 MatMul
 # chain. On the CPU the ONNX backend's sizes, `_report.CPU_REFERENCE` (~5.6 ms a run in
-# torch on one thread of a 2-core AMD EPYC); on a GPU wide enough to be compute-bound (17 GFLOP a MatMul, ~0.3 ms at an
-# H100's fp32 peak: not measured here), so that another process on the GPU shows up in
-# it, not only a slow host.
+# torch on one thread of a 2-core AMD EPYC); on a GPU wide enough to be compute-bound
+# (17 GFLOP a MatMul, ~0.3 ms at an H100's fp32 peak: not measured here), so that
+# another process on the GPU shows up in it, not only a slow host.
 _REFERENCE_SIZES = {"cpu": CPU_REFERENCE, "cuda": (2048, 2048, 4, 5)}
 # (device, threads) -> the reference, built once per process.
 _references: dict[tuple[str, int], Reference] = {}
@@ -172,17 +173,106 @@ def reference(device: torch.device) -> Reference:
         if device.type == "cuda":
             chain()  # first run loads cuBLAS kernels: not the host's speed
             time_ms = _cuda_timed(chain)
+            name = f"torch {torch.__version__} {device} threads={threads}"
+            _references[key] = Reference(key=name, time_ms=time_ms)
         else:
             chain()
 
-            def time_ms() -> float:
+            def unit_ms() -> float:
                 start = time.perf_counter()
                 chain()
                 return (time.perf_counter() - start) * 1000.0
 
-        name = f"torch {torch.__version__} {device} threads={threads}"
-        _references[key] = Reference(key=name, time_ms=time_ms)
+            name = f"torch {torch.__version__} {device} threads={threads}"
+            _references[key] = repeated_reference(name, unit_ms)
     return _references[key]
+
+
+def measure_generation(
+    model: torch.nn.Module, profile: TorchProfile, example: EncodedVQA, max_new_tokens: int
+) -> LatencyReport:
+    """Time greedy generation of `max_new_tokens` (forced, at least 2) with a KV cache by
+    `model` (from `prepare`) on its device, `example`'s first row repeated to
+    `profile.batch`: the three parts as PyTorch modules, eager, what passes between them
+    kept on the device (`search_spaces.device_parts`), the device synchronised before
+    each phase's clock; p50/p95 of the whole answer, phases as
+    `hardware_profiles.GENERATION_PHASES`. (CUDA graphs do not apply: the cache grows.)"""
+    from search_spaces import GenerationTimes, device_parts, greedy_generate
+
+    if max_new_tokens < 2:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: time per token needs at least 2")
+    if not isinstance(model, VlmModel):
+        raise ValueError(f"{type(model).__name__} is not a VlmModel: it has no KV-cache parts")
+    parts = device_parts(model)
+    batch = example.slice(0, 1).repeat_to(profile.batch)
+
+    def run() -> tuple[float, dict[str, float]]:
+        t = GenerationTimes()
+        greedy_generate(parts, batch, max_new_tokens, stop_at_eos=False, times=t)
+        return t.e2e_ms, t.phases()
+
+    return _time_answers(run, profile, model, "3 parts with a KV cache")
+
+
+def measure_rerun(
+    model: torch.nn.Module, profile: TorchProfile, example: EncodedVQA, max_new_tokens: int
+) -> LatencyReport:
+    """Time generation the one-graph way on torch: each of `max_new_tokens` tokens
+    re-runs the whole static sequence (what a FastV candidate, which has no KV-cache
+    parts, costs), eager, each forward pass waited for by copying its greedy choice to
+    the host. Phases as the ONNX backend's `measure_rerun` (no `vision_ms`)."""
+    if max_new_tokens < 2:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: time per token needs at least 2")
+    device, _ = _device_dtype(model)
+    inputs = _inputs(model, *_fill(example.slice(0, 1), profile.batch))
+    lens = example.slice(0, 1).repeat_to(profile.batch).prompt_lens.astype(np.int64)
+    last = torch.from_numpy(lens - 1).to(device)
+    rows = torch.arange(profile.batch, device=device)
+
+    def forward() -> None:
+        logits = model(*inputs)
+        logits[rows, last].argmax(-1).cpu()
+
+    def run() -> tuple[float, dict[str, float]]:
+        clock = time.perf_counter
+        start = clock()
+        forward()
+        first = clock()
+        steps = []
+        for _ in range(max_new_tokens - 1):
+            step = clock()
+            forward()
+            steps.append((clock() - step) * 1000.0)
+        e2e = (clock() - start) * 1000.0
+        ttft = (first - start) * 1000.0
+        return e2e, {
+            "prefill_ms": ttft,
+            "ttft_ms": ttft,
+            "decode_ms_per_token": sum(steps) / len(steps),
+            "e2e_ms": e2e,
+        }
+
+    return _time_answers(run, profile, model, "full re-run")
+
+
+def _time_answers(
+    run: Callable[[], tuple[float, dict[str, float]]],
+    profile: TorchProfile,
+    model: torch.nn.Module,
+    how: str,
+) -> LatencyReport:
+    """`time_runs` of whole generations by `model`, labelled with its device and dtype."""
+    device, dtype = _device_dtype(model)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
+    scheme = _SCHEME_OF.get(dtype, str(dtype))
+    with torch.inference_mode():
+        return time_runs(
+            run,
+            profile,
+            runtime=f"torch {torch.__version__} eager {scheme}, {how}",
+            device=where,
+            reference=reference(device),
+        )
 
 
 def evaluate(
@@ -229,13 +319,8 @@ def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
 
 def _fill(example: EncodedVQA, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`example`'s rows repeated (cyclically) to exactly `batch` rows."""
-    if len(example) == 0:
-        raise ValueError("measure needs at least one example row")
-
-    def take(a: np.ndarray) -> np.ndarray:
-        return np.resize(a, (batch, *a.shape[1:]))
-
-    return take(example.pixel_values), take(example.image_index), take(example.prompt_ids)
+    rows = example.repeat_to(batch)
+    return rows.pixel_values, rows.image_index, rows.prompt_ids
 
 
 def _inputs(

@@ -38,6 +38,24 @@ from ._family import (
     save_pretrained,
 )
 from ._generation import EncodedVQA, decode_accuracy, exact_match, greedy_decode
+from ._kv import (
+    Arrays,
+    DecoderGraph,
+    EmbeddingGraph,
+    GenerationTimes,
+    KVParts,
+    VisionGraph,
+    device_parts,
+    fixed_context,
+    generate_accuracy,
+    greedy_generate,
+    kv_names,
+    kv_shape,
+    needs_modality_inputs,
+    prefill_feeds,
+    supports_kv,
+    torch_parts,
+)
 from ._packing import (
     grid_of,
     image_index,
@@ -52,6 +70,22 @@ from ._pretrained import PretrainedSpace
 from ._space import SearchSpace, SearchSpaceError
 
 __all__ = [
+    "DecoderGraph",
+    "EmbeddingGraph",
+    "GenerationTimes",
+    "KVParts",
+    "VisionGraph",
+    "generate_accuracy",
+    "greedy_generate",
+    "kv_names",
+    "kv_shape",
+    "needs_modality_inputs",
+    "prefill_feeds",
+    "supports_kv",
+    "Arrays",
+    "fixed_context",
+    "device_parts",
+    "torch_parts",
     "FAMILY",
     "AdaptConfig",
     "Backbone",

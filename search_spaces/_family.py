@@ -174,17 +174,26 @@ class VlmModel(nn.Module):
         self, pixel_values: torch.Tensor, image_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The packed visual tokens (B, N, D) and which of them are real (B, N) bool."""
-        feats = self.tile_features(pixel_values)
-        b, _, d = feats.shape
-        newline = self.hf.model.image_newline.to(feats.dtype)
-        table = torch.cat([feats, newline.expand(b, 1, d), torch.zeros_like(feats[:, :1])], dim=1)
+        return self.pack_image(self.tile_features(pixel_values), image_index)
+
+    def pack_image(
+        self, features: torch.Tensor, image_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`tile_features` packed (LLaVA-NeXT's unpad + newline order, `image_index`):
+        the visual tokens (B, N, D) and which of them are real (B, N) bool."""
+        b, _, d = features.shape
+        newline = self.hf.model.image_newline.to(features.dtype)
+        table = torch.cat(
+            [features, newline.expand(b, 1, d), torch.zeros_like(features[:, :1])], dim=1
+        )
         tokens = torch.gather(table, 1, image_index.unsqueeze(-1).expand(-1, -1, d))
         return tokens, image_index <= newline_index(self.arch)
 
-    def forward(
-        self, pixel_values: torch.Tensor, image_index: torch.Tensor, input_ids: torch.Tensor
-    ) -> torch.Tensor:
-        image, valid = self.encode_image(pixel_values, image_index)
+    def embed_tokens(
+        self, input_ids: torch.Tensor, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input embeddings (B, L, D), each `<image>` id replaced by its visual token
+        under early fusion, and where the `<image>` ids are (B, L) bool."""
         embeds = self.embed(input_ids)
         is_image = input_ids == self.image_token_id
         if self.arch.fusion.early:
@@ -192,6 +201,13 @@ class VlmModel(nn.Module):
             rank = (torch.cumsum(is_image.to(torch.int64), dim=1) - 1).clamp(0, image.shape[1] - 1)
             spliced = torch.gather(image, 1, rank.unsqueeze(-1).expand(-1, -1, image.shape[-1]))
             embeds = torch.where(is_image.unsqueeze(-1), spliced, embeds)
+        return embeds, is_image
+
+    def forward(
+        self, pixel_values: torch.Tensor, image_index: torch.Tensor, input_ids: torch.Tensor
+    ) -> torch.Tensor:
+        image, valid = self.encode_image(pixel_values, image_index)
+        embeds, is_image = self.embed_tokens(input_ids, image)
         kwargs: dict[str, Any] = {}
         if not is_plain(self.arch):
             kwargs = {
@@ -271,17 +287,33 @@ class VlmModel(nn.Module):
 
     def _modality_masks(self, is_image: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
         """Per LM layer additive (B, 1, S, S) masks of `fusion.image_attention`."""
-        fusion = self.arch.fusion
-        allowed = _causal(is_image)
-        img_q, img_k = is_image.unsqueeze(2), is_image.unsqueeze(1)
-        if fusion.image_attention == "image_no_text":
-            allowed = allowed & ~(img_q & ~img_k)
-        base = _bias(allowed).to(dtype)[:, None]
-        if fusion.image_attention != "text_only":
-            return [base] * self.arch.lm.depth
-        late = _bias(allowed & ~(~img_q & img_k)).to(dtype)[:, None]
-        start = fusion.text_only_from or 0
-        return [base if i < start else late for i in range(self.arch.lm.depth)]
+        return modality_masks(
+            self.arch, _causal(is_image), is_image, is_image, dtype, self.arch.lm.depth
+        )
+
+
+def modality_masks(
+    arch: ArchConfig,
+    allowed: torch.Tensor,
+    q_image: torch.Tensor,
+    k_image: torch.Tensor,
+    dtype: torch.dtype,
+    layers: int,
+) -> list[torch.Tensor]:
+    """Per LM layer additive (B, 1, S, K) masks of `arch.fusion.image_attention`: the
+    (B, S, K) bool `allowed` (causal, and real keys) narrowed by which queries (B, S) and
+    keys (B, K) are visual tokens. The whole sequence (`VlmModel`) and a decoder step
+    over a cache (`_kv.DecoderGraph`) both build theirs here."""
+    fusion = arch.fusion
+    img_q, img_k = q_image.unsqueeze(2), k_image.unsqueeze(1)
+    if fusion.image_attention == "image_no_text":
+        allowed = allowed & ~(img_q & ~img_k)
+    base = _bias(allowed).to(dtype)[:, None]
+    if fusion.image_attention != "text_only":
+        return [base] * layers
+    late = _bias(allowed & ~(~img_q & img_k)).to(dtype)[:, None]
+    start = fusion.text_only_from or 0
+    return [base if i < start else late for i in range(layers)]
 
 
 def _last_token_attention(

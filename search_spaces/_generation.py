@@ -7,6 +7,7 @@ on numpy arrays.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ class EncodedVQA:
     - `answer_ids`: (N, A) int64, the reference answer tokens (without end token),
       right-padded with -1
     - `eos_id`, `pad_id`: special token ids of the tokenizer that encoded them
+    - `image_id`: its `<image>` id, which an answer never contains: decoding never picks
+      it (-1: no such token)
     """
 
     pixel_values: np.ndarray
@@ -39,21 +42,37 @@ class EncodedVQA:
     answer_ids: np.ndarray
     eos_id: int
     pad_id: int
+    image_id: int = -1
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
     def slice(self, start: int, stop: int) -> EncodedVQA:
+        """Rows `start:stop`, as views."""
+        return self._rows(builtins.slice(start, stop))
+
+    def take(self, rows: np.ndarray) -> EncodedVQA:
+        """The rows `rows` (indices), in that order."""
+        return self._rows(rows)
+
+    def _rows(self, index: builtins.slice | np.ndarray) -> EncodedVQA:
         return EncodedVQA(
-            self.pixel_values[start:stop],
-            self.tile_mask[start:stop],
-            self.image_index[start:stop],
-            self.prompt_ids[start:stop],
-            self.prompt_lens[start:stop],
-            self.answer_ids[start:stop],
+            self.pixel_values[index],
+            self.tile_mask[index],
+            self.image_index[index],
+            self.prompt_ids[index],
+            self.prompt_lens[index],
+            self.answer_ids[index],
             self.eos_id,
             self.pad_id,
+            self.image_id,
         )
+
+    def repeat_to(self, batch: int) -> EncodedVQA:
+        """Exactly `batch` rows: these repeated cyclically (a measurement's batch)."""
+        if len(self) == 0:
+            raise ValueError("measure needs at least one example row")
+        return self.take(np.arange(batch) % len(self))
 
 
 def greedy_decode(forward: Forward, batch: EncodedVQA, max_new_tokens: int) -> np.ndarray:
@@ -73,12 +92,21 @@ def greedy_decode(forward: Forward, batch: EncodedVQA, max_new_tokens: int) -> n
         if not active.any():
             break
         logits = forward(batch.pixel_values, batch.image_index, ids)
-        next_ids = logits[rows, pos - 1].argmax(-1)
+        next_ids = pick(logits[rows, pos - 1], batch)
         out[active, step] = next_ids[active]
         done |= active & (next_ids == batch.eos_id)
         ids[rows[active], pos[active]] = next_ids[active]
         pos[active] += 1
     return out
+
+
+def pick(logits: np.ndarray, batch: EncodedVQA) -> np.ndarray:
+    """The greedy choice over the last axis of `logits`, never the `<image>` id: a
+    generated `<image>` would ask the model for a visual token it does not have."""
+    if batch.image_id >= 0:
+        logits = logits.copy()
+        logits[..., batch.image_id] = -np.inf
+    return logits.argmax(-1)
 
 
 def exact_match(predicted: np.ndarray, batch: EncodedVQA) -> np.ndarray:
@@ -98,8 +126,18 @@ def decode_accuracy(
     forward: Forward, data: EncodedVQA, *, max_new_tokens: int, batch_size: int = 64
 ) -> float:
     """Exact-match accuracy of greedy answers over all of `data`."""
+    return batched_accuracy(
+        lambda part: greedy_decode(forward, part, max_new_tokens), data, batch_size
+    )
+
+
+def batched_accuracy(
+    answer: Callable[[EncodedVQA], np.ndarray], data: EncodedVQA, batch_size: int
+) -> float:
+    """Exact-match accuracy of `answer`'s tokens (N, T) for `data`, `batch_size` rows at
+    a time (`decode_accuracy`, and `_kv.generate_accuracy` with the KV cache)."""
     correct = 0
     for start in range(0, len(data), batch_size):
         part = data.slice(start, start + batch_size)
-        correct += int(exact_match(greedy_decode(forward, part, max_new_tokens), part).sum())
+        correct += int(exact_match(answer(part), part).sum())
     return correct / max(len(data), 1)

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from common import CONFIG, checked, choices
-from hardware_profiles import HardwareProfile, ProfileError
+from hardware_profiles import GENERATION_PHASES, HardwareProfile, ProfileError
 from search_spaces import (
     BackboneError,
     SearchSpace,
@@ -42,14 +42,20 @@ SAMPLERS: tuple[str, ...] = choices(Sampler)
 Direction = Literal["maximize", "minimize"]  # studies._pareto.DIRECTIONS
 Policy = Literal["pareto", "knee", "max_accuracy", "min_latency"]  # studies/_export.py
 PROFILE_METRICS = ("accuracy", "latency_p50_ms", "latency_p95_ms", "size_mb")
-GLOBAL_METRICS = ("val_accuracy", "params")
+GLOBAL_METRICS = ("val_accuracy", "params", "image_tokens", "prompt_tokens")
 Positive = Annotated[int, Field(ge=1)]
 _T = TypeVar("_T")
 
 
 # Metrics known before training: measured on the untrained candidate (latency, size and
 # NPU coverage depend on the graph and the scheme, not on weight values).
-CHEAP_SUFFIXES = ("/latency_p50_ms", "/latency_p95_ms", "/size_mb", "/npu_coverage")
+CHEAP_SUFFIXES = (
+    "/latency_p50_ms",
+    "/latency_p95_ms",
+    "/size_mb",
+    "/npu_coverage",
+    *(f"/{m}" for m in GENERATION_PHASES),
+)
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 
@@ -97,7 +103,12 @@ class Constraint:
 
 def profile_metrics(profile: HardwareProfile) -> tuple[str, ...]:
     """The metrics a trial reports for `profile` that objectives may name."""
-    return PROFILE_METRICS + (("npu_coverage",) if profile.is_npu else ())
+    return (
+        PROFILE_METRICS
+        + (("npu_coverage",) if profile.is_npu else ())
+        # the generation metrics (hardware_profiles/_generate.py)
+        + (GENERATION_PHASES if profile.times_generation else ())
+    )
 
 
 def available_profiles(cfg: VlmnasConfig) -> tuple[VlmnasConfig, list[str]]:

@@ -14,14 +14,18 @@ Selection policies (`export.policy`):
 the last two policies read (default: the first selected profile). Each winner's folder
 `<workdir>/<study>/export/<trial>/` is a transformers LLaVA-NeXT folder (`config.json`,
 `model.safetensors`, tokenizer and processor files: `from_pretrained` loads it, and a
-plain candidate needs nothing of vlmnas) next to the deployed model `model.onnx` (or
-`model.pt` for a torch profile), `config.yaml` (the vlmnas candidate and deployment),
+plain candidate needs nothing of vlmnas) next to the deployed model: `generation/` for a
+profile that generates with a KV cache (cpu: `vision.onnx`, `embedding.onnx`,
+`decoder.onnx` and `generation.json`, their tensor names and the cache's shape), else
+`model.onnx` (one graph: npu_htp, or a FastV candidate) or `model.pt` (a torch profile);
+`config.yaml` (the vlmnas candidate and deployment),
 `word_tokenizer.json`, `metrics.json` and `model_card.md`. It is written atomically and
 replaces an older export of the same trial.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -142,13 +146,16 @@ def _write_winner(
         config["deployment"] = {
             "profile": profile,
             "scheme": record["info"].get(f"{profile}/scheme", "fp32"),
-            "model": "model" + model.suffix,
+            "model": "generation/" if model.is_dir() else "model" + model.suffix,
             "hardware": {p.name: _profile_dict(p) for p in cfg.profiles},
         }
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         # the transformers folder: config.json, model.safetensors, tokenizer, processor
         save_candidate(load_trained(arch, src), text_side(cfg, src), tmp)
-        shutil.copyfile(model, tmp / ("model" + model.suffix))
+        if model.is_dir():  # the vision, embedding and KV-cache decoder graphs
+            _copy_generation(model, tmp / "generation")
+        else:
+            shutil.copyfile(model, tmp / ("model" + model.suffix))
         objectives = dict(zip([o.metric for o in cfg.study.objectives], trial.values, strict=True))
         exported = {
             **record,
@@ -165,6 +172,21 @@ def _write_winner(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dst
+
+
+def _copy_generation(src: Path, dst: Path) -> None:
+    """A trial's generation folder as `vision.onnx`, `embedding.onnx`, `decoder.onnx`
+    (the deployed scheme's files, not the fp32 ones they were quantized from) and the
+    `generation.json` that describes them."""
+    from hardware_profiles import GenerationDeployment
+
+    gen = GenerationDeployment.load(src)
+    dst.mkdir()
+    manifest = copy.deepcopy(gen.manifest)
+    for part, path in gen.paths.items():
+        shutil.copyfile(path, dst / f"{part}.onnx")
+        manifest["graphs"][part]["file"] = f"{part}.onnx"
+    (dst / "generation.json").write_text(json.dumps(manifest, indent=1))
 
 
 def _profile_dict(profile: Any) -> dict[str, Any]:

@@ -32,7 +32,14 @@ from ._config import GLOBAL_METRICS, Constraint, Objective
 # objectives may name, and the training time.
 LOGGED_GLOBALS = (*GLOBAL_METRICS, "train_s")
 # Result keys (by suffix) that become MLflow tags: facts, not numbers.
-TAG_SUFFIXES = ("/latency_source", "/latency_quality", "/scheme", "/runtime", "/device")
+TAG_SUFFIXES = (
+    "/latency_source",
+    "/latency_quality",
+    "/generation",
+    "/scheme",
+    "/runtime",
+    "/device",
+)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -121,13 +122,34 @@ def open_storage(cfg: VlmnasConfig, *, on_stale: StaleCallback | None = None) ->
             return JournalStorage(JournalFileBackend(str(path)))
         # SQLite waits for a lock instead of failing at once
         sqlite = {"connect_args": {"timeout": 30}} if not spec.storage else None
-        return RDBStorage(
-            url,
-            engine_kwargs=sqlite,
-            heartbeat_interval=spec.heartbeat_interval,
-            grace_period=spec.stale_after,
-            heartbeat_stale_trial_callback=on_stale or requeue,
-        )
+        for attempt in range(_SCHEMA_ATTEMPTS):
+            try:
+                return RDBStorage(
+                    url,
+                    engine_kwargs=sqlite,
+                    heartbeat_interval=spec.heartbeat_interval,
+                    grace_period=spec.stale_after,
+                    heartbeat_stale_trial_callback=on_stale or requeue,
+                )
+            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:
+                # Optuna creates the schema of a new database without a lock: a second
+                # process opening it at the same moment (another driver, a dashboard, a
+                # script reading the study) makes one of them fail with "table ... already
+                # exists" or a UNIQUE constraint on alembic_version. The schema is there
+                # once the other is done; opening it again succeeds.
+                if attempt + 1 == _SCHEMA_ATTEMPTS or not _schema_race(exc):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+
+_SCHEMA_ATTEMPTS = 5
+
+
+def _schema_race(exc: Exception) -> bool:
+    """Whether `exc` is two processes creating one Optuna schema at once."""
+    text = str(exc)
+    return "already exists" in text or "alembic_version" in text
 
 
 def counted(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:

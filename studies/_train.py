@@ -15,12 +15,13 @@ from typing import Any
 
 import yaml
 
-from hardware_profiles import HardwareProfile, accuracy, deploy, size_mb
+from hardware_profiles import HardwareProfile, accuracy, deploy
 from search_spaces import ArchConfig
 from trainers import TrainerConfig, fit
 from trainers.data import DataConfig, ImageCache, VQAData, encode_eval, prepare_data
 
 from ._config import ConfigError
+from ._trial import answer_tokens
 
 
 def train_candidate(config_path: Path) -> dict[str, Any]:
@@ -49,12 +50,13 @@ def train_candidate(config_path: Path) -> dict[str, Any]:
     calibration = encode_eval(
         data.train[: profile.calibration_images], data.tokenizer, arch, data.text_len, images
     )
-    dep = deploy(result.model, profile, deployment["scheme"], out, val, calibration)
+    tokens = answer_tokens(data)  # what a static-shape profile's fixed context must hold
+    dep = deploy(result.model, profile, deployment["scheme"], out, val, calibration, tokens)
     acc = accuracy(dep, val, data.max_answer_tokens)
     metrics = {
         "val_accuracy": result.metrics["val_accuracy"],
         f"{name}/accuracy": acc.value,
-        f"{name}/size_mb": size_mb(dep.path),
+        f"{name}/size_mb": dep.size_mb,
         "train_s": result.metrics["train_s"],
     }
     (out / "metrics.json").write_text(json.dumps({"metrics": metrics}, indent=1))

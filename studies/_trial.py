@@ -35,7 +35,6 @@ from hardware_profiles import (
     coverage,
     deploy,
     latency,
-    size_mb,
 )
 from search_spaces import ArchConfig, EncodedVQA, newline_index
 from trainers import cached_fit, model_for, needs_training, save_weights, study_teacher
@@ -74,6 +73,7 @@ def run_trial(
     untrained = model_for(arch, data, images)
     # visual tokens per image (LLaVA-NeXT's AnyRes: they depend on its size), on average
     metrics["image_tokens"] = float((val.image_index <= newline_index(arch)).sum(1).mean())
+    metrics["prompt_tokens"] = float(val.prompt_lens.mean())  # what a prefill runs over
     cheap, cheap_info = cheap_metrics(untrained, arch, cfg, data, val, calibration)
     metrics.update(cheap)
     info.update(cheap_info)
@@ -130,7 +130,7 @@ def run_trial(
         scheme = arch.quant_for(profile.name)
         start = time.perf_counter()
         with busy():
-            dep = deploy(model, profile, scheme, trial_dir, val, calibration)
+            dep = deploy(model, profile, scheme, trial_dir, val, calibration, answer_tokens(data))
             acc = accuracy(dep, val, data.max_answer_tokens)
             share = coverage(dep)
         metrics[f"{profile.name}/accuracy"] = acc.value
@@ -164,33 +164,48 @@ def cheap_metrics(
     tok = data.tokenizer
     metrics["params"] = float(sum(p.numel() for p in untrained.parameters()))
     latency_cache = LatencyCache(cfg.workdir / "cache" / "latency")
+    tokens = answer_tokens(data)
     with tempfile.TemporaryDirectory() as tmp:
         for profile in cfg.profiles:
             scheme = arch.quant_for(profile.name)
-            key = latency_cache.key(f"{arch.graph_id}-{data.text_len}x{len(tok)}", scheme, profile)
             with busy():  # export and quantization are CPU work: not during a timing run
-                dep = deploy(untrained, profile, scheme, Path(tmp), val, calibration)
+                dep = deploy(untrained, profile, scheme, Path(tmp), val, calibration, tokens)
+            key = latency_cache.key(
+                f"{arch.graph_id}-{data.text_len}x{len(tok)}-{dep.decoding}-{tokens}",
+                scheme,
+                profile,
+            )
             measured = latency_cache.get(key)
             if measured is None:
-                measured = latency(dep, val)
+                measured = latency(dep, val, tokens)
                 latency_cache.put(key, measured)
+            # generating profiles: p50 / p95 of a whole answer (end to end)
             metrics[f"{profile.name}/latency_p50_ms"] = measured.p50_ms
             metrics[f"{profile.name}/latency_p95_ms"] = measured.p95_ms
             metrics[f"{profile.name}/latency_cv"] = measured.cv
+            for name, value in measured.phases.items():  # vision_ms, ..., e2e_ms
+                metrics[f"{profile.name}/{name}"] = value
             if measured.reference_ms:  # measured with the host's reference workload
                 metrics[f"{profile.name}/reference_ms"] = measured.reference_ms
                 metrics[f"{profile.name}/latency_rel"] = measured.p50_ms / measured.reference_ms
-            metrics[f"{profile.name}/size_mb"] = size_mb(dep.path)
+            metrics[f"{profile.name}/size_mb"] = dep.size_mb
             info[f"{profile.name}/latency_source"] = measured.source
             info[f"{profile.name}/latency_quality"] = measured.quality
             info[f"{profile.name}/runtime"] = measured.runtime
             info[f"{profile.name}/device"] = measured.cpu
             info[f"{profile.name}/scheme"] = scheme
+            info[f"{profile.name}/generation"] = dep.decoding
             with busy():
                 share = coverage(dep)
             if share is not None:
                 metrics[f"{profile.name}/npu_coverage"] = share
     return metrics, info
+
+
+def answer_tokens(data: VQAData) -> int:
+    """The answer length latency is timed at: the study's longest answer with its end
+    token, at least 2 (time per output token needs two tokens)."""
+    return max(2, data.max_answer_tokens)
 
 
 def violated(cfg: VlmnasConfig, metrics: dict[str, float], cheap_only: bool = False) -> list[str]:

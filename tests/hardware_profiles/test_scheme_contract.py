@@ -1,5 +1,7 @@
 """One contract for every quantization scheme of every profile available here:
-export -> quantize -> load -> run -> accuracy, on a trained candidate.
+export -> quantize -> load -> run -> accuracy, on a trained candidate. On the cpu profile
+the deployment is the vision, embedding and KV-cache decoder graphs: their logits are
+the prefill's, and accuracy comes from generation with the cache.
 
 Profiles whose runtime this machine lacks (gpu without CUDA, npu_htp without
 onnxruntime-qnn) are listed as skipped cases, so the report says what did not run.
@@ -19,11 +21,12 @@ from hardware_profiles import (
     accuracy,
     deploy,
     known_profiles,
+    ort_parts,
     quantize,
     session,
     size_mb,
 )
-from search_spaces import decode_accuracy
+from search_spaces import decode_accuracy, prefill_feeds
 from tests._archs import TINY_ARCH, onnx_feeds, torch_inputs
 from trainers import TrainerConfig, fit
 from trainers._fit import torch_forward
@@ -91,8 +94,31 @@ def _chance(data: VQAData) -> float:
     return 1 / len({answer for record in data.train for _, answer in record.turns})
 
 
-def _logits(dep, val) -> np.ndarray:
-    """Logits of the first ROWS rows, one row per run (NPU graphs have a fixed batch)."""
+def _logits(dep, val, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of the first ROWS rows, one row per run (NPU graphs have a fixed batch), and
+    `ref`'s to compare them with: for the generation graphs, the prefill's over each
+    prompt (the static sequence's first positions: the model is causal)."""
+    if dep.generation is not None:
+        parts = ort_parts(dep.generation, dep.profile)
+        got, want = [], []
+        for i in range(ROWS):
+            row = val.slice(i, i + 1)
+            lens = row.prompt_lens.astype(np.int64)
+            # the prompt alone, or padded to the static graphs' fixed length
+            n = row.prompt_ids.shape[1] if parts.context else int(lens[0])
+            ids = np.ascontiguousarray(row.prompt_ids[:, :n])
+            features = parts.vision({"pixel_values": row.pixel_values})["image_features"]
+            emb = parts.embedding(
+                {"input_ids": ids, "image_features": features, "image_index": row.image_index}
+            )
+            logits = parts.decoder(prefill_feeds(parts, emb, ids, lens))["logits"][0]
+            got.append(logits[: int(lens[0])])
+            want.append(ref[i, : int(lens[0])])
+        return np.concatenate(got), np.concatenate(want)
+    return _one_graph_logits(dep, val), ref
+
+
+def _one_graph_logits(dep, val) -> np.ndarray:
     if dep.module is not None:
         weight = next(dep.module.parameters())
         with torch.no_grad():
@@ -110,11 +136,12 @@ def test_scheme_contract(
     model, val, calibration = trained
     profile = HardwareProfile.load(profile_name)
     dep = deploy(model, profile, scheme, tmp_path, val, calibration)
-    assert dep.path.is_file()
+    assert dep.path.exists()
     with torch.no_grad():
         ref = model(*torch_inputs(val.slice(0, ROWS))).numpy()
     max_err, max_drop = TOLERANCE[scheme]
-    rel_err = float(np.abs(_logits(dep, val) - ref).mean() / np.abs(ref).mean())
+    got, ref = _logits(dep, val, ref)
+    rel_err = float(np.abs(got - ref).mean() / np.abs(ref).mean())
     assert rel_err <= max_err, f"{scheme}: relative logit error {rel_err:.4f} > {max_err}"
     acc = accuracy(dep, val, shapes_data.max_answer_tokens)
     rows = val.slice(0, acc.n)
@@ -133,9 +160,16 @@ def test_scheme_contract(
     # Smaller on disk than the profile's fp32 export. Not asserted for the NPU's QDQ
     # graphs: on this 40k-parameter model their Q/DQ nodes and names outweigh the
     # weights (BENCHMARKS.md has the sizes of real candidates).
-    fp32_file = dep.path.with_name(f"model_{profile_name}_fp32.onnx")
-    if scheme != "fp32" and not profile.is_npu and fp32_file.is_file():
-        assert size_mb(dep.path) < size_mb(fp32_file)
+    # (The generation graphs: the decoder, which every CPU scheme quantizes.)
+    if dep.generation is not None:
+        file = dep.generation.paths["decoder"]
+        fp32_file = file.with_name("decoder_fp32.onnx")
+    else:
+        file = dep.path
+        fp32_file = dep.path.with_name(f"model_{profile_name}_fp32.onnx")
+    if scheme != "fp32" and not profile.is_npu:
+        assert fp32_file.is_file()
+        assert size_mb(file) < size_mb(fp32_file)
 
 
 def test_static_quantization_needs_calibration(trained, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +44,8 @@ class Profile:
     min_time_s: float = 0.0
     max_cv: float = 1.0
     max_attempts: int = 1
+    disturbed_wait_s: float = 0.1
+    disturbed_retries: int = 3
     eval_batch: int = 7  # not a divisor of the validation rows: exercises the last batch
     latency_source: str = "measured"
 
@@ -228,3 +231,47 @@ def test_graph_replay_equals_eager(untrained, val, scheme: str) -> None:
     with torch.inference_mode():
         eager = prepared(*fresh)
     torch.testing.assert_close(output, eager)
+
+
+def test_generation_with_a_kv_cache_on_the_module_device(untrained, val) -> None:
+    """What the gpu profile times and scores, run here on the CPU: the three parts of
+    the prepared module, the cache kept as torch tensors, the same tokens as the
+    reference parts (fp32), and phases by `measure_generation`; bf16 runs too."""
+    from hardware_profiles._torch import measure_generation, measure_rerun
+    from search_spaces import device_parts, greedy_generate, torch_parts
+
+    fp32 = prepare(untrained, "fp32", "cpu")
+    got = greedy_generate(device_parts(fp32), val, 4)
+    np.testing.assert_array_equal(got, greedy_generate(torch_parts(untrained), val, 4))
+    bf16 = greedy_generate(device_parts(prepare(untrained, "bf16", "cpu")), val, 4)
+    assert bf16.shape == got.shape and (bf16[:, 0] >= 0).all()
+
+    report = measure_generation(fp32, Profile(), val, 3)
+    p = report.phases
+    assert report.n == Profile().repeats and report.reference_ms is not None
+    assert 0 < p["vision_ms"] < p["ttft_ms"] and p["decode_ms_per_token"] > 0
+    assert p["e2e_ms"] == pytest.approx(report.p50_ms)
+    assert "KV cache" in report.runtime
+    rerun = measure_rerun(fp32, Profile(), val, 3)
+    assert set(rerun.phases) == {"prefill_ms", "ttft_ms", "decode_ms_per_token", "e2e_ms"}
+    with pytest.raises(ValueError, match="at least 2"):
+        measure_generation(fp32, Profile(), val, 1)
+
+
+def test_a_torch_profile_deploys_for_generation(untrained, val, shapes_data, tmp_path) -> None:
+    """`deploy` on a torch profile: `kv_cache` where the candidate has the parts (its
+    accuracy from that generation equals the ONNX-free reference), `one_pass` with
+    `generation: false`."""
+    from hardware_profiles import HardwareProfile, accuracy, deploy, latency
+    from search_spaces import generate_accuracy, torch_parts
+
+    gpu = dataclasses.replace(
+        HardwareProfile.load("gpu"), device="cpu", warmup=1, repeats=3, min_time_s=0.0
+    )
+    dep = deploy(untrained, gpu, "fp32", tmp_path, val)
+    assert dep.decoding == "kv_cache"
+    expected = generate_accuracy(torch_parts(untrained), val, max_new_tokens=4, batch_size=8)
+    assert accuracy(dep, val, 4).value == expected
+    assert latency(dep, val, 2).phases["e2e_ms"] > 0
+    one = deploy(untrained, dataclasses.replace(gpu, generation=False), "fp32", tmp_path, val)
+    assert one.decoding == "one_pass" and latency(one, val, 2).phases == {}

@@ -8,9 +8,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Shorter latency measurements on the CPU profile: these tests check what a study records,
+# not how precise its timings are (tests/hardware_profiles/ do). At the profile's defaults
+# (1 s of timed runs, up to 3 attempts, a disturbed host re-measured 3 times after 2 s)
+# a trial measured for up to 20 s while the other pytest-xdist worker started Python.
+QUICK_TIMING = [
+    "hardware.cpu.min_time_s=0.2",
+    "hardware.cpu.max_attempts=1",
+    "hardware.cpu.disturbed_retries=1",
+    "hardware.cpu.disturbed_wait_s=0.5",
+]
+
 # Overrides that shrink a study to seconds per trial: one epoch, one thread, 40 training
-# images, and the narrowest towers.
+# images, the narrowest towers and short timings.
 TINY = [
+    *QUICK_TIMING,
     "trainer.max_epochs=1",
     "trainer.threads=1",
     "data.train_images=40",

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dashboards import tracking_uri_for
-from tests.integration._cli import vlmnas
+from tests.integration._cli import QUICK_TIMING, vlmnas
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +24,10 @@ def test_asha_pruned_trials_stay_off_the_front(tmp_path: Path) -> None:
         "study.name=asha",
         "trainer.threads=1",
         "study.population_size=2",
+        # widths that still differ (trials must not tie) but train in seconds
+        "search_space.lm.width=[32,64]",
+        "search_space.vision.width=[32]",
+        *QUICK_TIMING,
     ]
     run = vlmnas(
         "search",
@@ -31,7 +35,7 @@ def test_asha_pruned_trials_stay_off_the_front(tmp_path: Path) -> None:
         "study.n_trials=6",
         "trainer.max_epochs=2",
         "data.train_images=400",
-        "data.val_images=40",
+        "data.val_images=80",  # finer accuracy steps: ASHA stops nothing on ties
         "study.asha.enabled=true",
         "study.asha.grace_period=1",
         "study.asha.reduction_factor=2",

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dashboards import tracking_uri_for
-from hardware_profiles import HardwareProfile, ProfileError
+from hardware_profiles import GENERATION_PHASES, HardwareProfile, ProfileError
 from tests.integration._cli import TINY, vlmnas
 
 pytestmark = [pytest.mark.npu, pytest.mark.slow]
@@ -53,8 +53,11 @@ def test_search_on_cpu_and_npu_logs_every_profile_metric(tmp_path: Path) -> None
         assert tags["npu_htp/scheme"] in ("w8a8", "w8a16")
         assert child.info.status == "FINISHED"
         for profile in ("cpu", "npu_htp"):
-            for metric in ("latency_p50_ms", "latency_p95_ms", "size_mb"):
+            # both generate with a KV cache: the NPU through its fixed-context graphs
+            assert tags[f"{profile}/generation"] == "kv_cache"
+            for metric in ("latency_p50_ms", "latency_p95_ms", "size_mb", *GENERATION_PHASES):
                 assert f"{profile}/{metric}" in metrics
+            assert metrics[f"{profile}/latency_p50_ms"] == metrics[f"{profile}/e2e_ms"]
         if tags["state"] == "infeasible":
             assert metrics["npu_htp/npu_coverage"] < 1.0
             assert "cpu/accuracy" not in metrics  # never trained

@@ -306,4 +306,5 @@ def encode_eval(
         answer_ids=answer_ids,
         eos_id=tok.eos_id,
         pad_id=tok.pad_id,
+        image_id=tok.image_id,
     )

@@ -38,6 +38,7 @@ from typing import Any
 
 import optuna
 
+from ._cheap_first import CheapFirst
 from ._config import ConfigError
 from ._pareto import hypervolume, pareto_front
 from ._samplers import SAMPLERS, sampler_named
@@ -45,6 +46,8 @@ from ._samplers import SAMPLERS, sampler_named
 CHECKPOINTS = (10, 25, 50, 100)  # trainings after which the share is reported
 TARGETS = (0.8, 0.95)  # shares whose trainings-to-reach are reported
 _ASKS_PER_TRAINING = 20  # a sampler that keeps proposing seen rows stops here
+AUTO = "auto"  # the cheap-first sampler (studies._cheap_first), not an Optuna sampler
+REPLAY_SAMPLERS = (*SAMPLERS, AUTO)
 
 
 @dataclass(frozen=True)
@@ -166,8 +169,13 @@ def replay_one(
     ref: Sequence[float],
     baseline_row: int | None = None,
     population_size: int = 4,
+    cheap_per_training: int = 20,
 ) -> SeedRun:
     """One sampler, one seed: propose, read, tell, until `trainings` distinct rows."""
+    if sampler == AUTO:
+        return _replay_auto(
+            table, seed, trainings, ref, baseline_row, population_size, cheap_per_training
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         directions=[optuna.study.StudyDirection[d.upper()] for d in table.directions],
@@ -203,6 +211,57 @@ def replay_one(
     return SeedRun(trained, len(cheap), shares)
 
 
+def _replay_auto(
+    table: ReplayTable,
+    seed: int,
+    trainings: int,
+    ref: Sequence[float],
+    baseline_row: int | None,
+    startup: int,
+    cheap_per_training: int,
+) -> SeedRun:
+    """`auto` (`studies._cheap_first.CheapFirst`) over the table: a candidate's cheap
+    columns are read when it is measured (counted in `cheap_rows`), its other objectives
+    when it is trained."""
+    cheap_at = [i for i, (c, _) in enumerate(table.objectives) if c in table.cheap]
+    chooser = CheapFirst(
+        table.values,
+        table.directions,
+        [i in cheap_at for i in range(len(table.objectives))],
+        seed=seed,
+        cheap_per_training=cheap_per_training,
+        startup=startup,
+        reference=ref,
+        queued=[] if baseline_row is None else [_row_params(table, baseline_row)],
+    )
+
+    def draw(rng: Any) -> dict[str, Any]:
+        return _row_params(table, rng.randrange(len(table.rows)))
+
+    def cheap_fn(params: dict[str, Any]) -> list[float]:
+        scores = table.scores[table.index[tuple(params[p] for p in table.params)]]
+        return [scores[i] if i in cheap_at else math.nan for i in range(len(scores))]
+
+    total = table.true_hypervolume(ref)
+    trained: list[int] = []
+    shares: list[float] = []
+    while len(trained) < trainings:
+        params = chooser.propose(draw, cheap_fn)
+        if params is None:  # every row trained or measured
+            break
+        row = table.index[tuple(params[p] for p in table.params)]
+        chooser.tell(params, table.scores[row])
+        trained.append(row)
+        points = [table.scores[i] for i in trained]
+        front = [points[i] for i in pareto_front(points, table.directions)]
+        shares.append(hypervolume(front, table.directions, ref) / total if total else 0.0)
+    return SeedRun(trained, len(chooser.measured), shares)
+
+
+def _row_params(table: ReplayTable, row: int) -> dict[str, Any]:
+    return dict(zip(table.params, table.rows[row], strict=True))
+
+
 def _replay_args(args: tuple[Any, ...]) -> SeedRun:
     return replay_one(*args)
 
@@ -216,11 +275,18 @@ def replay(
     reference: str | Sequence[float] = "median",
     baseline_row: int | None = None,
     processes: int | None = None,
+    cheap_per_training: int = 20,
 ) -> dict[str, Any]:
     """Every sampler over `seeds` seeds (in parallel processes); the `replay.out` JSON."""
     for name in samplers:
-        if name not in SAMPLERS:
-            raise ConfigError(f"replay.samplers: {name!r} unknown; allowed {list(SAMPLERS)}")
+        if name not in REPLAY_SAMPLERS:
+            raise ConfigError(f"replay.samplers: {name!r} unknown; allowed {list(REPLAY_SAMPLERS)}")
+    if AUTO in samplers and not table.cheap:
+        raise ConfigError(
+            "replay.samplers: auto measures cheap objectives first; name them in table.cheap"
+        )
+    if cheap_per_training < 1:
+        raise ConfigError(f"replay.cheap_per_training={cheap_per_training}: allowed >= 1")
     if baseline_row is not None and not 0 <= baseline_row < len(table.rows):
         raise ConfigError(
             f"replay.baseline_row={baseline_row}: the table has rows 0..{len(table.rows) - 1}"
@@ -234,7 +300,9 @@ def replay(
             f"reference point {ref}: no row beats it in every objective (hypervolume 0)"
         )
     jobs = [
-        (table, s, seed, trainings, ref, baseline_row) for s in samplers for seed in range(seeds)
+        (table, s, seed, trainings, ref, baseline_row, 4, cheap_per_training)
+        for s in samplers
+        for seed in range(seeds)
     ]
     workers = processes or min(len(jobs), multiprocessing.cpu_count())
     if workers > 1:
@@ -252,6 +320,7 @@ def replay(
         "reference_rule": reference if isinstance(reference, str) else "given",
         "true_hypervolume": total,
         "trainings": trainings,
+        "cheap_per_training": cheap_per_training,
         "samplers": {},
     }
     for k, name in enumerate(samplers):
@@ -336,13 +405,14 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "table.params": (None, "[column, ...]: the configuration's parameters"),
     "table.objectives": (None, "[column:max|min, ...]: at least 2"),
     "table.cheap": ([], "[column, ...]: objectives known before training"),
-    "replay.samplers": (["random", "tpe"], f"[name, ...] of {list(SAMPLERS)}"),
+    "replay.samplers": (["random", "tpe"], f"[name, ...] of {list(REPLAY_SAMPLERS)}"),
     "replay.seeds": (10, "seeds per sampler"),
     "replay.trainings": (100, "trainings per seed"),
     "replay.reference": ("median", "median | nadir | [v1, v2, ...]"),
     "replay.baseline_row": (None, "0-based data row tried first, as search's baseline"),
     "replay.out": ("replay.json", "the result JSON"),
     "replay.processes": (None, "parallel processes (default: one per core)"),
+    "replay.cheap_per_training": (20, "auto: new candidates measured per training"),
 }
 
 
@@ -385,6 +455,7 @@ def run_cli(overrides: Sequence[str]) -> tuple[dict[str, Any], Path]:
         reference=opts["replay.reference"],
         baseline_row=opts["replay.baseline_row"],
         processes=opts["replay.processes"],
+        cheap_per_training=opts["replay.cheap_per_training"],
     )
     out = Path(str(opts["replay.out"])).expanduser()
     write(result, out)

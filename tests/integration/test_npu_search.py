@@ -33,6 +33,11 @@ def test_search_on_cpu_and_npu_logs_every_profile_metric(tmp_path: Path) -> None
         # (tests/hardware_profiles/test_npu.py covers that case).
         "search_space.activation=[gelu_tanh]",
         "search_space.vision.pooling=[none]",
+        # The preset's ttft and size limits are left out: the ttft estimate of one
+        # candidate differs between hosts (1.64 ms on a CI machine against < 1.5 here),
+        # and this test is about the metrics every profile logs, not about that limit
+        # (tests/integration/test_constraint_search.py covers constraints).
+        'study.constraints=["npu_htp/npu_coverage >= 1"]',
         *TINY,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -2,7 +2,7 @@
 15,000-row table (5 x 5 x 6 x 10 x 10 configurations, two objectives with a known
 trade-off), seeds in parallel processes; wall time per sampler.
 
-    python bench/replay_speed.py [samplers...]    # default: random tpe gp
+    python bench/replay_speed.py [samplers...]    # default: random tpe auto
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def synthetic(path: Path, seed: int = 0) -> Path:
 
 
 def main() -> None:
-    samplers = sys.argv[1:] or ["random", "tpe", "gp"]
+    samplers = sys.argv[1:] or ["random", "tpe", "auto"]
     with tempfile.TemporaryDirectory() as work:
         path = synthetic(Path(work) / "t.csv")
         table = ReplayTable.load(
@@ -51,19 +51,27 @@ def main() -> None:
         )
         print(f"{cpu_description()}; {len(table.rows)} rows, 10 seeds x 100 trainings\n")
         print(
-            "| sampler | wall s | share after 100 (mean, sd) | trainings to 80% (seeds reaching) |"
+            "| sampler | wall s | share after 25 | after 50 | after 100 (mean, sd) |"
+            " trainings to 80% (seeds reaching) | to 95% | cheap rows read per seed |"
         )
-        print("|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for name in samplers:
             start = time.perf_counter()
             out = replay(table, [name], seeds=10, trainings=100)
             wall = time.perf_counter() - start
             s = out["samplers"][name]
             hv = s["share_after_100"]
-            reach = s["trainings_to_80"]
+            cheap = sum(r["cheap_rows"] for r in s["seeds"]) / len(s["seeds"])
+
+            def reach(target: str, s: dict = s) -> str:
+                r = s[f"trainings_to_{target}"]
+                mean = "-" if r["mean_of_reached"] is None else f"{r['mean_of_reached']:.0f}"
+                return f"{mean} ({r['reached']}/10)"
+
             print(
-                f"| {name} | {wall:.0f} | {hv['mean']:.3f} ({hv['sd']:.3f}) |"
-                f" {reach['mean_of_reached']} ({reach['reached']}/10) |",
+                f"| {name} | {wall:.0f} | {s['share_after_25']['mean']:.3f} |"
+                f" {s['share_after_50']['mean']:.3f} | {hv['mean']:.3f} ({hv['sd']:.3f}) |"
+                f" {reach('80')} | {reach('95')} | {cheap:.0f} |",
                 flush=True,
             )
 

@@ -147,6 +147,36 @@ class MlflowTracker:
         self.client.set_terminated(run_id, status=_STATUS[record.state])
         return run_id
 
+    def log_cheap(
+        self,
+        study_name: str,
+        parent_run_id: str,
+        *,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str],
+    ) -> str:
+        """A cheap record: an untrained candidate whose latency, size and coverage were
+        measured (`study.sampler=auto`), as a child run tagged `vlmnas.role=cheap`. It
+        has no trial number: trial views and the front leave it out."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        run = self.client.create_run(
+            self.experiment_id(study_name),
+            run_name=f"cheap-{tags.get('arch_id', '')}"[:250],
+            tags={"mlflow.parentRunId": parent_run_id, _ROLE: "cheap"},
+        )
+        run_id = str(run.info.run_id)
+        now = _now_ms()
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if _finite(v)][:900],
+            params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+            tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()],
+        )
+        self.client.set_terminated(run_id, status="FINISHED")
+        return run_id
+
     def log_files(
         self, run_id: str, paths: Sequence[Path], folders: Mapping[str, Sequence[Path]] = {}
     ) -> None:
@@ -176,8 +206,10 @@ class MlflowTracker:
             max_results=50000,
         )
         for run in children:
+            if "trial_number" not in run.data.tags:  # a cheap record, not a trial
+                continue
             run_id = str(run.info.run_id)
-            number = int(run.data.tags.get("trial_number", -1))
+            number = int(run.data.tags["trial_number"])
             on_front = "true" if number in front else "false"
             if run.data.tags.get("pareto") != on_front:
                 self.client.set_tag(run_id, "pareto", on_front)

@@ -26,6 +26,7 @@ from typing import Any
 
 from dashboards import MlflowTracker
 
+from ._auto import AutoSampler
 from ._config import VlmnasConfig
 from ._front import Front, Point, state_of
 from ._outcome import Outcome, decide, mlflow_record
@@ -82,8 +83,10 @@ class TrialBook:
         tracker: MlflowTracker,
         parent_run: str,
         timing: Timing,
+        auto: AutoSampler | None = None,
     ) -> None:
         self.cfg = cfg
+        self.auto = auto  # study.sampler=auto: chooses each trial before the store hands it out
         self.store = store
         self.tracker = tracker
         self.parent_run = parent_run
@@ -103,7 +106,17 @@ class TrialBook:
         self._asked: dict[int, _Asked] = {}
 
     def ask(self) -> dict[str, Any] | None:
-        """The next trial's config for Ray, or None when the study has enough."""
+        """The next trial's config for Ray, or None when the study has enough (or, with
+        `auto`, when no untrained feasible candidate is left)."""
+        if self.auto is not None and not self.store.waiting():
+            if self.store.full():
+                return None
+            chosen = self.auto.propose()
+            if chosen is None:
+                print("vlmnas: auto: every candidate found is trained or infeasible", flush=True)
+                return None
+            params, reason = chosen
+            self.store.enqueue(params, {"chosen_by": reason})
         trial = self.store.ask()
         if trial is None:
             return None
@@ -127,6 +140,8 @@ class TrialBook:
         outcome = decide(result, error, study.objectives, study.parsed_constraints)
         trial_dir = Path(str((result or {}).get("trial_dir", asked.trial_dir)))
         self.store.tell(number, outcome, {"arch_id": asked.arch_id, "trial_dir": str(trial_dir)})
+        if self.auto is not None:
+            self.auto.tell(asked.params, outcome)
         self.failures.record(outcome)
         self.finished_here += 1
         self.counts[outcome.state] += 1

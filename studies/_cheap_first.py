@@ -71,6 +71,11 @@ class CheapFirst:
     startup: int = 4
     reference: Sequence[float] | None = None  # in `directions`' terms; None: worst seen
     queued: list[Params] = field(default_factory=list)  # trained first, in order
+    # Conditional spaces: a parameter missing from a candidate does not apply to it (its
+    # key holds None). `complete(params, rng)` fills in or drops the conditional
+    # parameters after a mutation, as the space's sampler would; None: every parameter
+    # always applies (a table).
+    complete: Callable[[Params, random.Random], Params] | None = None
 
     def __post_init__(self) -> None:
         if len(self.cheap) != len(self.directions):
@@ -86,6 +91,7 @@ class CheapFirst:
         }
         self.pool: dict[Hashable, tuple[Params, tuple[float, ...]]] = {}
         self.trained: dict[Hashable, tuple[Params, tuple[float, ...]]] = {}
+        self.infeasible: set[Hashable] = set()  # trained, but broke a constraint: off the front
         self.measured: set[Hashable] = set()  # cheap objectives read (pool, trained, infeasible)
         self.last_reason = ""
 
@@ -111,15 +117,25 @@ class CheapFirst:
         self.last_reason = f"expected hypervolume improvement {gain:.4g}"
         return self.pool[key][0]
 
-    def tell(self, params: Params, values: Sequence[float]) -> None:
-        """Record a trained candidate's objectives (all of them, cheap ones included)."""
+    def tell(self, params: Params, values: Sequence[float], feasible: bool = True) -> None:
+        """Record a trained candidate's objectives (all of them, cheap ones included).
+        An infeasible one (it broke a constraint known only after training) informs the
+        surrogates but is never on the front."""
         key = self.key(params)
         self.pool.pop(key, None)
         self.measured.add(key)
         self.trained[key] = (dict(params), tuple(float(v) for v in values))
+        if not feasible:
+            self.infeasible.add(key)
+
+    def forget(self, params: Params) -> None:
+        """A candidate whose training failed: out of the pool, never proposed again."""
+        key = self.key(params)
+        self.pool.pop(key, None)
+        self.measured.add(key)
 
     def key(self, params: Params) -> Hashable:
-        return tuple(params[p] for p in self.choices)
+        return tuple(params.get(p) for p in self.choices)
 
     # -- cheap measurements -------------------------------------------------------------
 
@@ -153,25 +169,28 @@ class CheapFirst:
         out = dict(params)
         name = self._rng.choice([p for p, vs in self.choices.items() if len(vs) > 1] or [""])
         if name:
-            out[name] = self._rng.choice([v for v in self.choices[name] if v != params[name]])
-        return out
+            out[name] = self._rng.choice([v for v in self.choices[name] if v != params.get(name)])
+        return out if self.complete is None else self.complete(out, self._rng)
 
     def _front_params(self) -> list[Params]:
-        items = list(self.trained.values())
+        items = [v for k, v in self.trained.items() if k not in self.infeasible]
         front = pareto_front([v for _, v in items], self.directions)
         return [items[i][0] for i in front]
 
     # -- the surrogate and the acquisition ----------------------------------------------
 
     def encode(self, params: Params) -> list[float]:
-        """Features: rank in [0, 1] for a numeric parameter, one-hot for a categorical."""
+        """Features: rank in [0, 1] for a numeric parameter, one-hot for a categorical.
+        A parameter that does not apply to the candidate: -0.5 (numeric, away from every
+        rank) or all zeros (categorical)."""
         out: list[float] = []
         for p, vs in self.choices.items():
+            value = params.get(p)
             if self._numeric[p]:
                 order = sorted(vs)
-                out.append(order.index(params[p]) / max(1, len(order) - 1))
+                out.append(-0.5 if value is None else order.index(value) / max(1, len(order) - 1))
             else:
-                out.extend(1.0 if params[p] == v else 0.0 for v in vs)
+                out.extend(1.0 if value == v else 0.0 for v in vs)
         return out
 
     def _best_by_ehvi(self) -> tuple[Hashable, float]:
@@ -191,14 +210,16 @@ class CheapFirst:
         for i in cheap:
             samples[:, :, i] = np.array([self.pool[k][1][i] for k in keys])[:, None]
         samples *= flip
-        front = np.array([v for _, v in trained]) * flip
+        feasible = [v for k, (_, v) in self.trained.items() if k not in self.infeasible]
+        front = np.array(feasible, dtype=float).reshape(-1, len(flip)) * flip
         front = front[pareto_front(front.tolist(), ["minimize"] * len(flip))]
         pooled = np.array([v for _, v in self.pool.values()]) * flip
         pooled[:, expensive] = np.nan  # not read
         if self.reference is not None:
             ref = np.asarray(self.reference, dtype=float) * flip
         else:
-            worst = np.nanmax(np.vstack([front, pooled]), axis=0)
+            seen = np.array([v for _, v in trained]) * flip
+            worst = np.nanmax(np.vstack([seen, pooled]), axis=0)
             ref = worst + 1e-9 * (1 + np.abs(worst))
         gain = _mean_improvement(front, samples, ref)
         best = int(np.argmax(gain))

@@ -37,7 +37,7 @@ from search_spaces import (
 from trainers import TrainerConfig
 from trainers.data import DataConfig, DataError, WordTokenizer, checkpoint_codec
 
-Sampler = Literal["nsga2", "nsga3", "tpe", "gp", "random"]
+Sampler = Literal["auto", "nsga2", "nsga3", "tpe", "gp", "random"]
 SAMPLERS: tuple[str, ...] = choices(Sampler)
 Direction = Literal["maximize", "minimize"]  # studies._pareto.DIRECTIONS
 Policy = Literal["pareto", "knee", "max_accuracy", "min_latency"]  # studies/_export.py
@@ -56,6 +56,15 @@ CHEAP_SUFFIXES = (
     "/npu_coverage",
     *(f"/{m}" for m in GENERATION_PHASES),
 )
+CHEAP_GLOBALS = ("params", "image_tokens", "prompt_tokens")
+
+
+def is_cheap_metric(metric: str) -> bool:
+    """Known from the untrained candidate (latency, size, coverage, parameters, tokens),
+    before any training; accuracy is not."""
+    return metric.endswith(CHEAP_SUFFIXES) or metric in CHEAP_GLOBALS
+
+
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 
@@ -91,7 +100,7 @@ class Constraint:
     @property
     def cheap(self) -> bool:
         """Known before training, so a violation skips the training."""
-        return self.metric.endswith(CHEAP_SUFFIXES) or self.metric == "params"
+        return is_cheap_metric(self.metric)
 
     def violation(self, value: float) -> float:
         """Optuna's convention: <= 0 when satisfied, else how far off."""
@@ -187,8 +196,14 @@ class StudySpec:
     workdir: str = "runs"
     n_trials: Positive = 10
     seed: int = 0
-    sampler: Sampler = "nsga2"
-    population_size: Annotated[int, Field(ge=2)] = 4  # NSGA-II generation size
+    # auto: measure the cheap objectives of many untrained candidates, train the one a
+    # surrogate expects to improve the hypervolume most (studies/_auto.py); the others
+    # are Optuna's samplers
+    sampler: Sampler = "auto"
+    # NSGA-II generation size; the random trainings gp and auto start with
+    population_size: Annotated[int, Field(ge=2)] = 4
+    # auto: untrained candidates measured (latency, size, coverage) per training, at most
+    cheap_per_training: Positive = 20
     # Two or more (a multi-objective study); their metrics are checked against the
     # selected profiles by load_config.
     objectives: Annotated[list[Objective], Field(min_length=2)] = Field(
@@ -256,6 +271,14 @@ class StudySpec:
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         self.parsed_constraints  # noqa: B018 - raises ConfigError naming a malformed one
+        cheap = [is_cheap_metric(o.metric) for o in self.objectives]
+        if self.sampler == "auto" and (all(cheap) or not any(cheap)):
+            raise ValueError(
+                "study.sampler=auto needs objectives known before training (latency, size,"
+                " coverage, params) and after it (accuracy); objectives"
+                f" {[o.metric for o in self.objectives]}: choose another sampler"
+                " (nsga2, nsga3, tpe, gp, random)"
+            )
         if self.stale_after <= self.heartbeat_interval:
             raise ValueError(
                 f"study.stale_after={self.stale_after}: must be >"

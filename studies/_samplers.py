@@ -10,9 +10,16 @@ from ._config import StudySpec
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """The study's Optuna sampler, seeded (`sampler_named`)."""
-    return sampler_named(spec.sampler, seed=spec.seed, population_size=spec.population_size)
+def make_sampler(spec: StudySpec, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's Optuna sampler, seeded with `study.seed + offset` (`sampler_named`).
+    A search passes the number of trials already in its store as `offset`, so that a
+    resumed study (whose sampler's random state is not stored) does not repeat the
+    proposals of its first run. `auto` chooses in the driver (`_auto.py`) and enqueues
+    every parameter, so Optuna's own sampler is only a seeded random one there."""
+    seed = spec.seed + offset
+    if spec.sampler == "auto":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return sampler_named(spec.sampler, seed=seed, population_size=spec.population_size)
 
 
 def sampler_named(name: str, *, seed: int, population_size: int = 4) -> optuna.samplers.BaseSampler:

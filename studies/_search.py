@@ -25,6 +25,7 @@ from dashboards import MlflowTracker
 from search_spaces import ArchConfig
 from trainers.data import prepare_data
 
+from ._auto import AutoSampler
 from ._book import StudyError, TrialBook
 from ._config import VlmnasConfig, available_profiles, text_side
 from ._front import front_of, state_of
@@ -51,8 +52,12 @@ def search(cfg: VlmnasConfig, *, trial_fn: TrialFn | None = None) -> SearchSumma
         with timing.part("mlflow_setup"), _local_lock(cfg, "mlflow"):
             tracker = open_tracker(cfg)  # the first use creates the SQLite tables
             parent_run = tracker.start_study(cfg.study.name, {**cfg.raw, "choices": cfg.choices})
+        auto = None
+        if cfg.study.sampler == "auto":
+            finished = [t for t in store.trials() if t.state.is_finished()]
+            auto = AutoSampler(cfg, data.root, tracker, parent_run, timing, finished)
         book = TrialBook(
-            cfg=cfg, store=store, tracker=tracker, parent_run=parent_run, timing=timing
+            cfg=cfg, store=store, tracker=tracker, parent_run=parent_run, timing=timing, auto=auto
         )
         to_run = max(cfg.study.n_trials - book.finished_before, 0)
         rerun = f" ({store.rerun} interrupted, rerun)" if store.rerun else ""
@@ -81,6 +86,12 @@ def search(cfg: VlmnasConfig, *, trial_fn: TrialFn | None = None) -> SearchSumma
             failed = book.failures.tripped
         finally:
             timing.add("tune_wall", time.perf_counter() - start)
+            if auto is not None:
+                print(
+                    f"vlmnas: auto: {auto.measured} untrained candidates measured,"
+                    f" {len(auto.chooser.pool)} left untrained in the pool",
+                    flush=True,
+                )
             with timing.part("mlflow_setup"):
                 tracker.end_study(parent_run, failed=failed)
     book.failures.check()
@@ -110,7 +121,8 @@ class _RunTrial:
             int(config["trial_number"]),
             self.cfg,
             self.data_root,
-            report=lambda _epoch, metrics: report(metrics),
+            # per-epoch validation only where a scheduler reads it (training costs less)
+            report=(lambda _epoch, metrics: report(metrics)) if _asha(self.cfg) else None,
         )
         return {
             **outcome.metrics,

@@ -43,6 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ._config import ConfigError, VlmnasConfig
 from ._outcome import Outcome, optuna_verdict, reason_attr
+from ._samplers import make_sampler
 from ._timing import Timing
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -227,6 +228,20 @@ class StudyStore:
         requeue(study, trial)
         self.rerun += 1
 
+    def full(self) -> bool:
+        """The study has `n_trials` counted (finished or running)."""
+        with self.timing.part("optuna"):
+            return len(counted(self.trials())) >= self.cfg.study.n_trials
+
+    def waiting(self) -> bool:
+        """A trial is queued (the baseline, a rerun, an `auto` choice): `ask` takes it next."""
+        return bool(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    def enqueue(self, params: dict[str, Any], attrs: dict[str, Any]) -> None:
+        """Queue a trial with fixed parameters; the next `ask` hands it out."""
+        with self.timing.part("optuna"):
+            self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+
     def ask(self) -> optuna.Trial | None:
         """A new trial for this driver, or None when the study has `n_trials` counted."""
         with self.timing.part("optuna"), warnings.catch_warnings():
@@ -306,11 +321,14 @@ class StudyStore:
 
 
 def _open_study(storage: BaseStorage, cfg: VlmnasConfig) -> optuna.Study:
-    """Create or load the study; a new one gets the space's baseline as its first trial."""
+    """Create or load the study with `study.sampler` (`make_sampler`); a new one gets the
+    space's baseline as its first trial."""
+    known = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
     study = optuna.create_study(
         study_name=cfg.study.name,
         storage=storage,
         directions=[o.direction for o in cfg.study.objectives],
+        sampler=make_sampler(cfg.study, offset=known.get(cfg.study.name, 0)),
         load_if_exists=True,
     )
     directions = [

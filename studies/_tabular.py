@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import csv
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
-from ._config import ConfigError, VlmnasConfig
+from ._cheap_first import CheapFirst, Params
+from ._config import ConfigError, VlmnasConfig, is_cheap_metric
 from ._front import reference_point
+from ._guided import GuidedTrial, space_choices
 from ._pareto import hypervolume, pareto_front
 from ._samplers import make_sampler
 
@@ -93,6 +96,8 @@ class ReplayTrial:
 def replay(cfg: VlmnasConfig, table: Table, n_trials: int) -> list[ReplayTrial]:
     """Run `cfg.study`'s sampler for `n_trials` against `table` (call `table.check(cfg)`
     first). Deterministic for a given `cfg.study.seed`."""
+    if cfg.study.sampler == "auto":
+        return _replay_auto(cfg, table, n_trials)
     objectives = cfg.study.objectives
     constraints = cfg.study.parsed_constraints
     quant = {p.name: p.quant_schemes for p in cfg.profiles}
@@ -112,6 +117,57 @@ def replay(cfg: VlmnasConfig, table: Table, n_trials: int) -> list[ReplayTrial]:
         values = tuple(row[o.metric] for o in objectives)
         study.tell(trial, list(values))
         out.append(ReplayTrial(trial.number, arch.arch_id, values, all(v <= 0 for v in violations)))
+    return out
+
+
+def _replay_auto(cfg: VlmnasConfig, table: Table, n_trials: int) -> list[ReplayTrial]:
+    """`auto` as `vlmnas search` runs it (`_auto.py`: the same draws, completion of
+    conditional parameters and `CheapFirst`), its cheap measurements read from the
+    table's cheap columns. Stops early when no untrained feasible configuration is left."""
+    objectives = cfg.study.objectives
+    constraints = cfg.study.parsed_constraints
+    quant = {p.name: p.quant_schemes for p in cfg.profiles}
+    space = cfg.space
+    cheap = [is_cheap_metric(o.metric) for o in objectives]
+
+    def complete(params: Params, rng: random.Random) -> Params:
+        trial = GuidedTrial(rng, params)
+        space.sample(trial, quant)
+        return trial.params
+
+    def draw(rng: random.Random) -> Params:
+        return complete({}, rng)
+
+    def row_of(params: Params) -> dict[str, float]:
+        return table.rows[space.sample(GuidedTrial(random.Random(0), params), quant).arch_id]
+
+    def cheap_fn(params: Params) -> list[float] | None:
+        row = row_of(params)
+        if any(c.cheap and c.violation(row[c.metric]) > 0 for c in constraints):
+            return None  # never trained, as in a search
+        return [row[o.metric] if k else math.nan for o, k in zip(objectives, cheap, strict=True)]
+
+    chooser = CheapFirst(
+        choices=space_choices(space, quant),
+        directions=[o.direction for o in objectives],
+        cheap=cheap,
+        seed=cfg.study.seed,
+        cheap_per_training=cfg.study.cheap_per_training,
+        startup=cfg.study.population_size,
+        complete=complete,
+        queued=[complete(space.baseline_params(quant), random.Random(cfg.study.seed))],
+    )
+    out = []
+    for number in range(n_trials):
+        params = chooser.propose(draw, cheap_fn)
+        if params is None:
+            break
+        row = row_of(params)
+        values = tuple(row[o.metric] for o in objectives)
+        feasible = all(c.violation(row[c.metric]) <= 0 for c in constraints)
+        chooser.tell(params, values, feasible=feasible)
+        arch_id = space.sample(GuidedTrial(random.Random(0), params), quant).arch_id
+        out.append(ReplayTrial(number, arch_id, values, feasible))
     return out
 
 

@@ -34,7 +34,7 @@ class Timing:
         Optuna) is Ray Tune's own share: scheduling, worker start-up, result passing."""
         sec = dict(self.seconds)
         inside = sec.get("tune_wall", 0.0)
-        sec["other"] = inside - sum(sec.get(k, 0.0) for k in ("trials", "mlflow", "optuna"))
+        sec["other"] = inside - sum(sec.get(k, 0.0) for k in ("trials", "mlflow", "optuna", "auto"))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({f"{k}_s": v for k, v in sec.items()}, indent=1))

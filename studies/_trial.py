@@ -36,7 +36,7 @@ from hardware_profiles import (
     deploy,
     latency,
 )
-from search_spaces import ArchConfig, EncodedVQA, newline_index
+from search_spaces import ArchConfig, EncodedVQA, VlmModel, newline_index
 from trainers import cached_fit, model_for, needs_training, save_weights, study_teacher
 from trainers.data import ImageCache, VQAData, encode_eval
 
@@ -58,25 +58,15 @@ def run_trial(
     trial_dir = cfg.study_dir / "trials" / str(number)
     trial_dir.mkdir(parents=True, exist_ok=True)
     data = VQAData.load(data_root, text_side(cfg))
-    tok = data.tokenizer
     images = ImageCache()
-    val = encode_eval(data.val, tok, arch, data.text_len, images)
-    # Static quantization calibrates activation ranges on training samples, never on
-    # the validation set it is scored on.
-    calib_images = max((p.calibration_images for p in cfg.profiles), default=0)
-    calibration = encode_eval(data.train[:calib_images], tok, arch, data.text_len, images)
-    metrics: dict[str, float] = {}
     info: dict[str, str] = {"trial_dir": str(trial_dir), "arch_id": arch.arch_id}
 
     # 1. Cheap objectives on the untrained candidate: latency and size do not depend on
     #    the weights' values, only on the graph and the scheme.
-    untrained = model_for(arch, data, images)
-    # visual tokens per image (LLaVA-NeXT's AnyRes: they depend on its size), on average
-    metrics["image_tokens"] = float((val.image_index <= newline_index(arch)).sum(1).mean())
-    metrics["prompt_tokens"] = float(val.prompt_lens.mean())  # what a prefill runs over
-    cheap, cheap_info = cheap_metrics(untrained, arch, cfg, data, val, calibration)
-    metrics.update(cheap)
-    info.update(cheap_info)
+    step = _untrained(arch, cfg, data, images)
+    untrained, val, calibration = step.model, step.val, step.calibration
+    metrics = dict(step.metrics)
+    info.update(step.info)
 
     # Constraints on what is known now (latency, size, coverage, params): a candidate
     # that breaks one is infeasible whatever its accuracy, so it is not trained.
@@ -147,6 +137,45 @@ def run_trial(
     if broken:
         info["infeasible"] = "; ".join(broken)
     return _finish(arch, number, cfg, data_root, data, trial_dir, metrics, info, history)
+
+
+@dataclass(frozen=True)
+class _Untrained:
+    model: VlmModel
+    val: EncodedVQA
+    calibration: EncodedVQA
+    metrics: dict[str, float]
+    info: dict[str, str]
+
+
+def _untrained(
+    arch: ArchConfig, cfg: VlmnasConfig, data: VQAData, images: ImageCache
+) -> _Untrained:
+    """Step 1: the untrained candidate, its encoded validation and calibration rows,
+    and what is known of it before training (`cheap_metrics`, visual and prompt tokens)."""
+    tok = data.tokenizer
+    val = encode_eval(data.val, tok, arch, data.text_len, images)
+    # Static quantization calibrates activation ranges on training samples, never on
+    # the validation set it is scored on.
+    calib_images = max((p.calibration_images for p in cfg.profiles), default=0)
+    calibration = encode_eval(data.train[:calib_images], tok, arch, data.text_len, images)
+    untrained = model_for(arch, data, images)
+    metrics: dict[str, float] = {
+        # visual tokens per image (LLaVA-NeXT's AnyRes: they depend on its size), on average
+        "image_tokens": float((val.image_index <= newline_index(arch)).sum(1).mean()),
+        "prompt_tokens": float(val.prompt_lens.mean()),  # what a prefill runs over
+    }
+    cheap, info = cheap_metrics(untrained, arch, cfg, data, val, calibration)
+    return _Untrained(untrained, val, calibration, {**metrics, **cheap}, info)
+
+
+def untrained_step(
+    arch: ArchConfig, cfg: VlmnasConfig, data: VQAData, images: ImageCache
+) -> tuple[dict[str, float], dict[str, str]]:
+    """What step 1 of a trial knows of `arch` before any training (metrics, info): the
+    `auto` sampler's cheap measurement of a candidate it may never train."""
+    step = _untrained(arch, cfg, data, images)
+    return step.metrics, step.info
 
 
 def cheap_metrics(

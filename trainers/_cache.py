@@ -51,10 +51,19 @@ _FILES = ("model.pt", "config.json", "word_tokenizer.json")
 
 
 def cache_key(
-    arch: ArchConfig, data: VQAData, cfg: TrainerConfig, teacher: Teacher | None = None
+    arch: ArchConfig,
+    data: VQAData,
+    cfg: TrainerConfig,
+    teacher: Teacher | None = None,
+    per_epoch: bool = False,
 ) -> str:
+    """The entry of these weights. `per_epoch`: validated after every epoch (a
+    scheduler listens), so the entry holds the whole accuracy history; the weights are
+    the same either way, but an entry validated only at the end cannot replay it."""
+    fields = {"validated": "every_epoch"} if per_epoch else {}
     payload = json.dumps(
         {
+            **fields,
             "family": FAMILY,  # weights of another model family are no use
             "weights_id": arch.weights_id,
             "trainer": dataclasses.asdict(cfg),
@@ -85,7 +94,7 @@ def cached_fit(
     scheduler sees the same trajectory as the first time. If another process is training
     the same entry, this waits for it and returns its result as a hit.
     """
-    entry = cache_dir / cache_key(arch, data, cfg, teacher)
+    entry = cache_dir / cache_key(arch, data, cfg, teacher, per_epoch=report is not None)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Entries are only ever complete (renamed into place), so a present one needs no lock.
     if (entry / "result.json").is_file():

@@ -20,7 +20,7 @@ QUICK_TIMING = [
 ]
 
 # Overrides that shrink a study to seconds per trial: one epoch, one thread, 40 training
-# images, the narrowest towers and short timings.
+# images, the narrowest towers, short timings and few cheap measurements.
 TINY = [
     *QUICK_TIMING,
     "trainer.max_epochs=1",
@@ -28,6 +28,8 @@ TINY = [
     "data.train_images=40",
     "data.val_images=10",
     "study.population_size=2",
+    # the default sampler (auto) times this many untrained candidates per training
+    "study.cheap_per_training=2",
     "search_space.lm.width=[32]",
     "search_space.vision.width=[32]",
 ]

@@ -47,8 +47,11 @@ def test_search_logs_one_parent_and_three_children_in_mlflow(searched: Path) -> 
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("vlmnas.role") == "study"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    under = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    children = [r for r in under if r.data.tags.get("vlmnas.role") == "trial"]
     assert len(parents) == 1 and len(children) == 3
+    # the rest are the default sampler's (auto) measurements of untrained candidates
+    assert {r.data.tags.get("vlmnas.role") for r in under} == {"trial", "cheap"}
     assert all(r.info.status == "FINISHED" for r in runs)
     for child in children:
         assert {
@@ -182,7 +185,7 @@ def _has_cuda() -> bool:
         (["trainer.max_epochs=1.5"], "trainer.max_epochs"),
         (
             ["study.sampler=grid"],
-            "study.sampler='grid': allowed 'nsga2', 'nsga3', 'tpe', 'gp', 'random'",
+            "study.sampler='grid': allowed 'auto', 'nsga2', 'nsga3', 'tpe', 'gp', 'random'",
         ),
         ("BAD_LLAVA", "val.json record 1"),
     ],

@@ -28,6 +28,9 @@ def test_cheap_constraint_rejects_before_training(tmp_path: Path) -> None:
         f"study.workdir={workdir}",
         "study.name=tight",
         "study.n_trials=2",
+        # a trial-level rejection: `auto` would measure such candidates without making
+        # them trials at all (tests/integration/test_auto_search.py)
+        "study.sampler=nsga2",
         'study.constraints=["cpu/size_mb <= 0.001"]',
         *TINY,
     )

@@ -101,3 +101,45 @@ def test_auto_needs_cheap_columns(tmp_path) -> None:
     table = ReplayTable.load(_write(tmp_path / "t.csv", _rows()), PARAMS, OBJECTIVES, [])
     with pytest.raises(ConfigError, match="auto measures cheap objectives first"):
         replay(table, ["auto"], seeds=1, trainings=3, processes=1)
+
+
+def test_conditional_parameters_and_trained_infeasible_candidates() -> None:
+    """`n` applies only where kind == "y" (as a conditional search-space parameter);
+    mutations go through `complete`, so no proposal carries a parameter that does not
+    apply, or lacks one that does. A trained candidate told infeasible informs the
+    surrogate but never enters the front that mutations start from."""
+    choices = {"kind": ["x", "y"], "n": [1, 2, 3], "m": [0, 1, 2, 3]}
+
+    def complete(p: dict[str, object], rng: random.Random) -> dict[str, object]:
+        out = {"kind": p["kind"], "m": p["m"]}
+        if out["kind"] == "y":
+            out["n"] = p["n"] if p.get("n") in choices["n"] else rng.choice(choices["n"])
+        return out
+
+    def draw(rng: random.Random) -> dict[str, object]:
+        return complete({"kind": rng.choice(["x", "y"]), "m": rng.randrange(4)}, rng)
+
+    def score(p: dict[str, object]) -> tuple[float, float]:
+        n = int(p.get("n", 0))  # type: ignore[call-overload]
+        return 0.5 + 0.1 * n + 0.05 * int(p["m"]), 1.0 + n + int(p["m"])  # type: ignore[call-overload]
+
+    chooser = CheapFirst(
+        choices, ["maximize", "minimize"], [False, True], startup=2, complete=complete
+    )
+    infeasible_key = None
+    for step in range(10):
+        p = chooser.propose(draw, lambda p: [float("nan"), score(p)[1]])
+        if p is None:
+            break
+        assert ("n" in p) == (p["kind"] == "y"), p
+        feasible = step != 1
+        chooser.tell(p, score(p), feasible=feasible)
+        if not feasible:
+            infeasible_key = chooser.key(p)
+    assert infeasible_key is not None
+    assert all(chooser.key(p) != infeasible_key for p in chooser._front_params())
+    # a candidate whose training failed is never proposed again
+    failed = draw(random.Random(5))
+    chooser.forget(failed)
+    assert chooser.key(failed) in chooser.measured
+    assert chooser.key(failed) not in chooser.pool

@@ -13,7 +13,7 @@ def test_default_config_composes_every_group() -> None:
     assert [p.name for p in cfg.profiles] == ["cpu"]
     assert cfg.data.name == "shapes_vqa" and cfg.trainer.max_epochs >= 1
     assert [o.metric for o in cfg.study.objectives] == ["cpu/accuracy", "cpu/latency_p50_ms"]
-    assert cfg.study.sampler == "nsga2"
+    assert cfg.study.sampler == "auto"
 
 
 def test_relative_workdir_is_resolved_in_the_driver(tmp_path: Path, monkeypatch) -> None:
@@ -58,8 +58,15 @@ def test_overrides_reach_the_typed_groups() -> None:
         (["study.name=a/b"], "study.name='a/b': use letters, digits"),
         (
             ["study.sampler=grid"],
-            "study.sampler='grid': allowed 'nsga2', 'nsga3', 'tpe', 'gp', 'random'",
+            "study.sampler='grid': allowed 'auto', 'nsga2', 'nsga3', 'tpe', 'gp', 'random'",
         ),
+        (
+            [
+                "study.objectives=[{metric: cpu/accuracy, direction: maximize}, {metric: val_accuracy, direction: maximize}]"
+            ],
+            "study.sampler=auto needs objectives known before training",
+        ),
+        (["study.cheap_per_training=0"], "study.cheap_per_training=0: must be >= 1"),
         (["trainer.lr=-1"], "trainer.lr=-1.0: must be > 0"),
         (["data.train_images=lots"], "data.train_images='lots': must be an integer"),
         (
@@ -76,7 +83,10 @@ def test_overrides_reach_the_typed_groups() -> None:
         ),
         (["export.profile=gpu"], "export.profile='gpu'; allowed with hardware=['cpu']"),
         (["data.noise=1.5"], "data.noise=1.5: must be in [0, 1)"),
-        (["+study.bogus=1"], "study: unknown keys ['bogus']; allowed ['asha', 'constraints',"),
+        (
+            ["+study.bogus=1"],
+            "study: unknown keys ['bogus']; allowed ['asha', 'cheap_per_training', 'constraints',",
+        ),
         (["+trainer.epochs=3"], "trainer: unknown keys ['epochs']; allowed ['batch_size',"),
         (["hardware.cpu.threads=0"], "hardware.cpu.threads=0: must be >= 1"),
         (

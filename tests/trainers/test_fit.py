@@ -80,6 +80,19 @@ def test_fit_is_seeded(tmp_path: Path, shapes_data, tiny_arch) -> None:
         assert torch.equal(pa, pb)
 
 
+def test_without_a_listener_it_validates_once_and_trains_the_same(
+    tmp_path: Path, shapes_data, tiny_arch
+) -> None:
+    cfg = TrainerConfig(max_epochs=2, batch_size=16, threads=1)
+    listened = fit(tiny_arch, shapes_data, cfg, tmp_path / "a", report=lambda e, m: None)
+    alone = fit(tiny_arch, shapes_data, cfg, tmp_path / "b")
+    assert len(listened.val_accuracy_history) == 2 and len(alone.val_accuracy_history) == 1
+    assert alone.metrics["val_accuracy"] == listened.metrics["val_accuracy"]
+    assert alone.metrics["epochs"] == listened.metrics["epochs"] == 2
+    for pa, pb in zip(listened.model.parameters(), alone.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
 def test_cached_fit_trains_once_per_architecture(tmp_path: Path, shapes_data, tiny_arch) -> None:
     import dataclasses
 
@@ -87,7 +100,9 @@ def test_cached_fit_trains_once_per_architecture(tmp_path: Path, shapes_data, ti
 
     cfg = TrainerConfig(max_epochs=2, batch_size=16, threads=1)
     cache = tmp_path / "cache"
-    first, hit1 = cached_fit(tiny_arch, shapes_data, cfg, tmp_path / "a", cache)
+    first, hit1 = cached_fit(
+        tiny_arch, shapes_data, cfg, tmp_path / "a", cache, report=lambda e, m: None
+    )
     replayed = []
     # same architecture, other quantization: same weights, no training
     requant = dataclasses.replace(tiny_arch, quant=(("cpu", "int8_dynamic"),))

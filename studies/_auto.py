@@ -128,11 +128,18 @@ class AutoSampler:
 
     def _cheap(self, params: Params) -> list[float] | None:
         """Step 1 of a trial on the untrained candidate; None when it breaks a
-        constraint known before training (it is never trained). Logged to MLflow."""
+        constraint known before training or cannot be measured (export or runtime
+        error): it is never trained. Logged to MLflow (`state=infeasible` with the
+        reason in both cases)."""
         start = time.perf_counter()
         arch = self.cfg.space.sample(GuidedTrial(random.Random(0), params), self.quant)
-        metrics, info = untrained_step(arch, self.cfg, self.data, self.images)
-        broken = violated(self.cfg, metrics, cheap_only=True)
+        try:
+            metrics, info = untrained_step(arch, self.cfg, self.data, self.images)
+            broken = violated(self.cfg, metrics, cheap_only=True)
+        except Exception as exc:  # noqa: BLE001 - as a trial's failure: recorded, study goes on
+            metrics, info = {}, {}
+            broken = [f"measurement failed: {type(exc).__name__}: {exc}"[:500]]
+            print(f"vlmnas: auto: {arch.arch_id}: {broken[0]}", flush=True)
         self.measured += 1
         tags = {
             "arch_id": arch.arch_id,

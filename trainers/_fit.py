@@ -391,8 +391,9 @@ def fit(
 
     With `report`, the model is validated after every epoch and `report(epoch,
     {"val_accuracy": ...})` called, so a scheduler can stop the trial early; without
-    one, only after the last epoch (the history then has one entry; validation of every
-    epoch cost about 15% of a Quick start trial). The weights are the same either way. With `recipe.align_epochs`, stage 1 (contrastive
+    one, only after the last epoch (the history then has one entry; the Quick start's
+    baseline trained in 135 s against 141 s with every epoch validated, BENCHMARKS §1).
+    The weights are the same either way. With `recipe.align_epochs`, stage 1 (contrastive
     alignment, and the similarity filter) runs first; `teacher` is needed when
     `recipe.distill_weight > 0`.
     """

@@ -159,3 +159,18 @@ def test_a_trial_asked_past_n_trials_by_a_racing_driver_is_surplus(tmp_path: Pat
         assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.FAIL]
         assert "past study.n_trials" in trials[1].user_attrs["surplus"]
         assert [t.number for t in counted(trials)] == [0]  # the surplus one never counts
+
+
+@pytest.mark.parametrize(
+    ("sampler", "kind"),
+    [("tpe", optuna.samplers.TPESampler), ("auto", optuna.samplers.RandomSampler)],
+)
+def test_the_study_uses_the_configured_sampler(tmp_path: Path, sampler: str, kind: type) -> None:
+    """`study.sampler` reaches Optuna (it once did not: every search ran Optuna's
+    default); `auto` chooses in the driver and enqueues every value."""
+    (tmp_path / "runs").mkdir()
+    cfg = load_config(
+        [f"study.workdir={tmp_path / 'runs'}", "study.name=s", f"study.sampler={sampler}"]
+    )
+    with StudyStore(cfg, Timing()) as store:
+        assert isinstance(store.study.sampler, kind)

@@ -36,7 +36,7 @@ from trainers.data import ImageCache, VQAData
 
 from ._cheap_first import CheapFirst, Params
 from ._config import VlmnasConfig, is_cheap_metric, text_side
-from ._guided import GuidedTrial, space_choices
+from ._guided import arch_of, complete_params, space_choices
 from ._outcome import Outcome
 from ._timing import Timing
 from ._trial import untrained_step, violated
@@ -115,16 +115,12 @@ class AutoSampler:
     # -- the space and the measurements ---------------------------------------------------
 
     def _draw(self, rng: random.Random) -> Params:
-        trial = GuidedTrial(rng)
-        self.cfg.space.sample(trial, self.quant)
-        return trial.params
+        return complete_params(self.cfg.space, self.quant, {}, rng)
 
     def _complete(self, params: Params, rng: random.Random) -> Params:
         """`params` after a mutation, with the conditional parameters its values call
         for (kept where given, drawn where new) and without those that no longer apply."""
-        trial = GuidedTrial(rng, params)
-        self.cfg.space.sample(trial, self.quant)
-        return trial.params
+        return complete_params(self.cfg.space, self.quant, params, rng)
 
     def _cheap(self, params: Params) -> list[float] | None:
         """Step 1 of a trial on the untrained candidate; None when it breaks a
@@ -132,7 +128,7 @@ class AutoSampler:
         error): it is never trained. Logged to MLflow (`state=infeasible` with the
         reason in both cases)."""
         start = time.perf_counter()
-        arch = self.cfg.space.sample(GuidedTrial(random.Random(0), params), self.quant)
+        arch = arch_of(self.cfg.space, self.quant, params)
         try:
             metrics, info = untrained_step(arch, self.cfg, self.data, self.images)
             broken = violated(self.cfg, metrics, cheap_only=True)

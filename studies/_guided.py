@@ -36,3 +36,19 @@ def space_choices(space: Any, quant: Mapping[str, tuple[str, ...]]) -> dict[str,
     draw = GuidedTrial(random.Random(0))
     space.sample(draw, quant)
     return {**{k: tuple(v) for k, v in space.choices.items()}, **draw.choices}
+
+
+def complete_params(
+    space: Any, quant: Mapping[str, tuple[str, ...]], params: Mapping[str, Any], rng: random.Random
+) -> dict[str, Any]:
+    """`params` as the space's `sample` would take them: given values kept where legal,
+    the rest (a new draw when `params` is empty, conditional parameters a change calls
+    for) drawn with `rng`, parameters that no longer apply dropped."""
+    trial = GuidedTrial(rng, params)
+    space.sample(trial, quant)
+    return trial.params
+
+
+def arch_of(space: Any, quant: Mapping[str, tuple[str, ...]], params: Mapping[str, Any]) -> Any:
+    """The candidate (`ArchConfig`) of complete `params`."""
+    return space.sample(GuidedTrial(random.Random(0), params), quant)

@@ -26,7 +26,7 @@ import optuna
 from ._cheap_first import CheapFirst, Params
 from ._config import ConfigError, VlmnasConfig, is_cheap_metric
 from ._front import reference_point
-from ._guided import GuidedTrial, space_choices
+from ._guided import arch_of, complete_params, space_choices
 from ._pareto import hypervolume, pareto_front
 from ._samplers import make_sampler
 
@@ -131,15 +131,13 @@ def _replay_auto(cfg: VlmnasConfig, table: Table, n_trials: int) -> list[ReplayT
     cheap = [is_cheap_metric(o.metric) for o in objectives]
 
     def complete(params: Params, rng: random.Random) -> Params:
-        trial = GuidedTrial(rng, params)
-        space.sample(trial, quant)
-        return trial.params
+        return complete_params(space, quant, params, rng)
 
     def draw(rng: random.Random) -> Params:
         return complete({}, rng)
 
     def row_of(params: Params) -> dict[str, float]:
-        return table.rows[space.sample(GuidedTrial(random.Random(0), params), quant).arch_id]
+        return table.rows[arch_of(space, quant, params).arch_id]
 
     def cheap_fn(params: Params) -> list[float] | None:
         row = row_of(params)
@@ -166,7 +164,7 @@ def _replay_auto(cfg: VlmnasConfig, table: Table, n_trials: int) -> list[ReplayT
         values = tuple(row[o.metric] for o in objectives)
         feasible = all(c.violation(row[c.metric]) <= 0 for c in constraints)
         chooser.tell(params, values, feasible=feasible)
-        arch_id = space.sample(GuidedTrial(random.Random(0), params), quant).arch_id
+        arch_id = arch_of(space, quant, params).arch_id
         out.append(ReplayTrial(number, arch_id, values, feasible))
     return out
 

@@ -100,8 +100,8 @@ def test_disturbed_latency_is_not_cached(tmp_path: Path) -> None:
     [
         (5.0, 5.0, "ok"),
         (4.0, 5.0, "ok"),  # faster than the baseline: never disturbed
-        (5.5, 5.0, "ok"),  # exactly 10% slower: still within the allowance
-        (5.51, 5.0, "disturbed"),
+        (6.25, 5.0, "ok"),  # exactly 25% slower: still within the allowance
+        (6.26, 5.0, "disturbed"),
         (10.0, 5.0, "disturbed"),
     ],
 )
@@ -110,19 +110,36 @@ def test_latency_quality(reference: float, baseline: float, quality: str) -> Non
 
 
 def test_one_slow_reference_run_is_not_a_disturbance() -> None:
-    """A reading is the median of its runs: a single preempted run does not count."""
+    """A reading is the median of its runs: one or two preempted runs do not count."""
     baseline_ms("fake", 5.0)
-    runs = iter([5.0, 9.0, 5.1] * 2)
+    runs = iter([5.0, 9.0, 5.1, 9.5, 5.0] * 2)
     ref = Reference(key="fake", time_ms=lambda: next(runs))
     report = time_runs(lambda: 1.0, QUICK, runtime="fake", device="cpu", reference=ref)
     assert report.quality == "ok" and report.reference_ms == 5.1
 
 
-def test_baseline_is_the_fastest_reference_seen_per_key() -> None:
-    assert baseline_ms("ort threads=1", 6.0) == 6.0  # the first one
-    assert baseline_ms("ort threads=1", 5.0) == 5.0
-    assert baseline_ms("ort threads=1", 7.0) == 5.0
+def test_baseline_is_the_median_of_the_recent_readings_per_key() -> None:
+    key = "ort threads=1"
+    assert baseline_ms(key, 6.0) == 6.0  # the first one: compared with itself
+    assert baseline_ms(key, 5.0) == 6.0  # compared with the readings before it
+    assert baseline_ms(key, 7.0) == 5.5
+    assert baseline_ms(key, 9.0) == 6.0  # [6, 5, 7]: the median, not the fastest
     assert baseline_ms("ort threads=2", 7.0) == 7.0  # another thread count: its own
+    # Only the last BASELINE_WINDOW readings count: a host that stays slower becomes
+    # the normal one instead of every later measurement being retried.
+    for _ in range(_report.BASELINE_WINDOW):
+        baseline_ms(key, 8.0)
+    assert baseline_ms(key, 8.0) == 8.0
+
+
+def test_idle_spread_of_a_shared_vm_is_not_a_disturbance() -> None:
+    """Readings of the 2-core AMD EPYC VM with nothing else running (BENCHMARKS §7): two
+    levels 24% apart. Compared with the fastest reading and 10%, as until 2026-12-04,
+    half of them were disturbed; compared with the recent median, none."""
+    idle = [4.48, 4.33, 4.66, 3.82, 4.62, 4.02, 3.75, 3.64, 4.73, 3.71, 4.59, 3.74, 4.65]
+    assert [latency_quality(r, baseline_ms("vm", r)) for r in idle] == ["ok"] * len(idle)
+    # and a competing process (three busy loops: 7.8-10.5 ms there) still is
+    assert latency_quality(7.8, baseline_ms("vm", 7.8)) == "disturbed"
 
 
 def _fake_reference(readings: list[float]) -> tuple[Reference, list[float]]:
@@ -154,8 +171,9 @@ def test_steady_reference_is_ok_and_reported() -> None:
 
 
 def test_persisting_slowdown_is_retried_then_flagged_disturbed() -> None:
-    baseline_ms("fake", 5.0)  # an earlier measurement in this process set the baseline
-    ref, returned = _fake_reference([6.0])
+    for _ in range(5):  # earlier measurements in this process set the baseline
+        baseline_ms("fake", 5.0)
+    ref, returned = _fake_reference([7.0])
     runs: list[int] = []
 
     def run_ms() -> float:
@@ -164,7 +182,7 @@ def test_persisting_slowdown_is_retried_then_flagged_disturbed() -> None:
 
     report = time_runs(run_ms, QUICK, runtime="fake", device="cpu", reference=ref)
     assert report.quality == "disturbed"
-    assert report.reference_ms == 6.0
+    assert report.reference_ms == 7.0
     tries = QUICK.disturbed_retries + 1
     assert len(returned) == 2 * tries * _report.REFERENCE_SAMPLES
     assert len(runs) == tries * (QUICK.warmup + QUICK.repeats)
@@ -228,15 +246,17 @@ def test_measurement_on_busy_cores_is_flagged_disturbed(
 ) -> None:
     example, path = tiny_onnx
     ref = _runtime.reference(QUICK)
-    # The baseline, on the host as it is: the best of a few references, as a process
-    # that has measured a while would hold it.
-    baseline = baseline_ms(ref.key, min(ref.time_ms() for _ in range(5)))
+    # The baseline, on the host as it is: a few quiet readings, as a process that has
+    # measured a while would hold them.
+    for _ in range(5):
+        baseline = baseline_ms(ref.key, ref.time_ms())
     assert measure(path, QUICK, example).reference_ms is not None
 
     with _busy_cores():
         report = measure(path, QUICK, example)
     assert report.quality == "disturbed", (report.reference_ms, baseline)
-    assert report.reference_ms is not None and report.reference_ms > 1.1 * baseline
+    assert report.reference_ms is not None
+    assert report.reference_ms > _report.DISTURBED_SLOWDOWN * baseline
 
 
 def test_torch_backend_reads_its_own_reference() -> None:

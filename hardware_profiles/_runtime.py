@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -185,7 +186,15 @@ def _quantize_int4(onnx_path: Path, out: Path) -> None:
     quantizer = MatMulNBitsQuantizer(
         onnx.load(str(onnx_path)), bits=4, block_size=32, is_symmetric=True, accuracy_level=4
     )
-    quantizer.process()
+    # It logs a line per MatMul at INFO; in the driver (auto's cheap measurements) that
+    # reached the user's console, hundreds of lines a study.
+    log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        quantizer.process()
+    finally:
+        log.setLevel(level)
     quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
 
 

@@ -41,6 +41,7 @@ Sampler = Literal["auto", "nsga2", "nsga3", "tpe", "gp", "random"]
 SAMPLERS: tuple[str, ...] = choices(Sampler)
 Direction = Literal["maximize", "minimize"]  # studies._pareto.DIRECTIONS
 Policy = Literal["pareto", "knee", "max_accuracy", "min_latency"]  # studies/_export.py
+RankBy = Literal["pareto", "accuracy"]  # studies._rungs.RANK_BY
 PROFILE_METRICS = ("accuracy", "latency_p50_ms", "latency_p95_ms", "size_mb")
 GLOBAL_METRICS = ("val_accuracy", "params", "image_tokens", "prompt_tokens")
 Positive = Annotated[int, Field(ge=1)]
@@ -173,12 +174,17 @@ class Objective:
 @checked(ConfigError, where="study.asha")
 @pydantic_dataclass(config=CONFIG)
 class AshaSpec:
-    """Early stopping of weak trials by Ray Tune's ASHA on per-epoch val_accuracy."""
+    """Early stopping of weak trials at rungs (asynchronous successive halving,
+    `studies/_rungs.py`): every epoch is validated and reported."""
 
     enabled: bool = False
     grace_period: Positive = 2  # epochs every trial gets before it can be stopped
-    # keep the top 1/reduction_factor at each rung
+    # at each rung a trial goes on when at most 1/reduction_factor of the trials there
+    # rank strictly better than it
     reduction_factor: Annotated[int, Field(ge=2)] = 3
+    # pareto: rank by non-dominated sorting over (val_accuracy so far, the objectives
+    # known before training), as MO-ASHA; accuracy: by val_accuracy alone (plain ASHA)
+    rank_by: RankBy = "pareto"
 
 
 @checked(ConfigError, where="study")

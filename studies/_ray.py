@@ -7,7 +7,9 @@ callables, so this module knows nothing of Optuna, MLflow or the front:
   when the study has enough trials;
 - `on_end(number, result, error)`: called once per trial with its last report (or
   None) and Ray's error text when the worker itself died;
-- `should_stop() -> bool`: end the whole run (the failure limit).
+- `should_stop() -> bool`: end the whole run (the failure limit);
+- `early_stop(trial_id, report) -> bool`: stop one trial after a per-epoch report (the
+  rungs of `_rungs.py`), or None to train every trial its full budget.
 
 The searcher is a plain `ray.tune.search.Searcher` (public API): it does not subclass
 `OptunaSearch`, whose private state an earlier version reached into. A trial's own
@@ -31,7 +33,7 @@ from typing import Any
 import ray
 from ray import tune
 from ray.tune import Callback
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
@@ -41,6 +43,7 @@ from common import LOCK_DIR_ENV
 TrialFn = Callable[[Mapping[str, Any], Callable[[dict[str, float]], None]], dict[str, Any]]
 Ask = Callable[[], dict[str, Any] | None]
 OnEnd = Callable[[int, dict[str, Any] | None, str | None], None]
+EarlyStop = Callable[[str, Mapping[str, Any]], bool]
 
 
 @contextlib.contextmanager
@@ -89,25 +92,14 @@ def run_trials(
     should_stop: Callable[[], bool],
     cpus_per_trial: int,
     max_concurrent: int,
-    asha: tuple[int, int, int] | None,
+    early_stop: EarlyStop | None,
     max_trials: int,
 ) -> None:
-    """Run at most `max_trials`, until `ask` has no more (or `should_stop`). `asha`: (max_t,
-    grace_period, reduction_factor) for ASHA on per-epoch `val_accuracy`, or None."""
-    # Per-epoch reports carry val_accuracy only; Ray's documented switch lets reports
-    # without the other metrics through.
+    """Run at most `max_trials`, until `ask` has no more (or `should_stop`)."""
+    # Per-epoch reports carry fewer metrics than the final one; Ray's documented switch
+    # lets them through.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    scheduler = None
-    if asha is not None:
-        max_t, grace, factor = asha
-        scheduler = ASHAScheduler(
-            metric="val_accuracy",
-            mode="max",
-            time_attr="training_iteration",  # one report per epoch, then the final one
-            max_t=max_t,
-            grace_period=grace,
-            reduction_factor=factor,
-        )
+    scheduler = _EarlyStopping(early_stop) if early_stop is not None else None
     stopper = _Stop(should_stop)
     tuner = tune.Tuner(
         tune.with_resources(
@@ -222,6 +214,21 @@ class _Ends(_DriverSide, Callback):
         if result is not None and "val_accuracy_history" not in result:
             result["val_accuracy_history"] = history
         self._on_end(int(trial.config["trial_number"]), result, error)
+
+
+class _EarlyStopping(FIFOScheduler):
+    """Ray's scheduler interface around `early_stop`: asked on every per-epoch report
+    (not the final one); trials run in the order the searcher hands them out."""
+
+    def __init__(self, early_stop: EarlyStop) -> None:
+        super().__init__()
+        self._early_stop = early_stop
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        if "epoch" in result and not result.get("final") and "error" not in result:
+            if self._early_stop(str(trial.trial_id), result):
+                return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
 
 
 class _Stop(_DriverSide, Stopper):

@@ -27,10 +27,11 @@ from trainers.data import prepare_data
 
 from ._auto import AutoSampler
 from ._book import StudyError, TrialBook
-from ._config import VlmnasConfig, available_profiles, text_side
+from ._config import VlmnasConfig, available_profiles, is_cheap_metric, text_side
 from ._front import front_of, state_of
-from ._ray import TrialFn, ray_session, run_trials
+from ._ray import EarlyStop, TrialFn, ray_session, run_trials
 from ._review import publish
+from ._rungs import ParetoRungs, milestones
 from ._storage import StudyStore, counted, finished_count, load_study
 from ._timing import Timing
 from ._trial import run_trial
@@ -80,7 +81,7 @@ def search(cfg: VlmnasConfig, *, trial_fn: TrialFn | None = None) -> SearchSumma
                         should_stop=lambda: book.failures.tripped,
                         cpus_per_trial=cfg.study.cpus_per_trial,
                         max_concurrent=cfg.study.max_concurrent,
-                        asha=_asha(cfg),
+                        early_stop=early_stop(cfg),
                         max_trials=cfg.study.n_trials,
                     )
             failed = book.failures.tripped
@@ -122,7 +123,9 @@ class _RunTrial:
             self.cfg,
             self.data_root,
             # per-epoch validation only where a scheduler reads it (training costs less)
-            report=(lambda _epoch, metrics: report(metrics)) if _asha(self.cfg) else None,
+            report=(lambda _epoch, metrics: report(metrics))
+            if self.cfg.study.asha.enabled
+            else None,
         )
         return {
             **outcome.metrics,
@@ -131,13 +134,26 @@ class _RunTrial:
         }
 
 
-def _asha(cfg: VlmnasConfig) -> tuple[int, int, int] | None:
-    """ASHA's (max_t, grace period, reduction factor): one report per epoch, then the
-    final one."""
+def early_stop(cfg: VlmnasConfig) -> EarlyStop | None:
+    """The study's rungs (`_rungs.py`), or None when `study.asha` is off: compared on
+    val_accuracy so far and, with `rank_by=pareto`, every objective known before
+    training (in the study's directions)."""
     asha = cfg.study.asha
     if not asha.enabled:
         return None
-    return cfg.trainer.max_epochs + 1, asha.grace_period, asha.reduction_factor
+    metrics, directions = ["val_accuracy"], ["maximize"]
+    if asha.rank_by == "pareto":
+        for o in cfg.study.objectives:
+            if is_cheap_metric(o.metric):
+                metrics.append(o.metric)
+                directions.append(o.direction)
+    rungs = ParetoRungs(
+        rungs=milestones(asha.grace_period, asha.reduction_factor, cfg.trainer.max_epochs),
+        reduction_factor=asha.reduction_factor,
+        metrics=metrics,
+        directions=directions,
+    )
+    return rungs.stop
 
 
 def open_tracker(cfg: VlmnasConfig) -> MlflowTracker:

@@ -19,7 +19,8 @@ the store each time a trial is asked for: finished ones (a rerun replaces its or
 plus those running anywhere. Two drivers asking at the same moment can both pass that
 check; the one whose trial is ranked past `n_trials` closes it at once as FAIL with the
 user attribute `surplus` (it never runs and counts nowhere), so the study reaches
-`n_trials` exactly. SQLite (the default) is for one driver: use PostgreSQL or a journal
+`n_trials` exactly; a trial still queued when the study is full (two drivers' `auto`
+choices) is closed the same way. SQLite (the default) is for one driver: use PostgreSQL or a journal
 file for several.
 """
 
@@ -250,6 +251,7 @@ class StudyStore:
             if time.monotonic() - self._reaped >= self.cfg.study.heartbeat_interval:
                 self.reap()
             if len(counted(self.trials())) >= self.cfg.study.n_trials:
+                self._drop_waiting()
                 return None
             trial = self.study.ask()
             trial.set_user_attr("driver", self.driver)
@@ -262,6 +264,16 @@ class StudyStore:
         with self._lock:
             self._running[trial.number] = trial
         return trial
+
+    def _drop_waiting(self) -> None:
+        """The study is full, so a trial still queued never runs: close it as surplus.
+        With `auto` two drivers can each queue a choice, and only one is asked before
+        the study fills up; left WAITING, the other would stay in the store for good."""
+        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        for _ in waiting:
+            trial = self.study.ask()  # the oldest queued (or, if another driver took it, a new one)
+            trial.set_user_attr("surplus", f"queued, but the study was full ({self.driver})")
+            self.study.tell(trial, state=TrialState.FAIL)
 
     def _duplicate(self, trial: optuna.Trial) -> bool:
         """Two drivers that create a study at once both queue its baseline: the later

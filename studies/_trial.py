@@ -3,8 +3,9 @@
 1. Cheap objectives first: build the untrained model, deploy it per profile (export and
    quantize, or cast), measure or estimate latency (or take it from the latency cache)
    and size.
-2. Train for the trial's budget, reporting validation accuracy every epoch (or take the
-   weights from the cache when this architecture was trained before).
+2. Train for the trial's budget, reporting validation accuracy every epoch with step 1's
+   values beside it, when early stopping listens (or take the weights from the cache
+   when this architecture was trained before).
 3. Deploy the trained model per profile and measure `<profile>/accuracy` by running it
    on that profile's runtime over the validation set (or a stated subset, with its 95%
    interval); an NPU profile also reports `npu_coverage`.
@@ -52,6 +53,13 @@ class TrialOutcome:
     info: dict[str, str]  # latency_source per profile, paths
 
 
+def _with_known(report: Report, known: dict[str, float]) -> Report:
+    def with_known(epoch: int, values: dict[str, float]) -> None:
+        report(epoch, {**known, **values})
+
+    return with_known
+
+
 def run_trial(
     arch: ArchConfig, number: int, cfg: VlmnasConfig, data_root: Path, report: Report | None = None
 ) -> TrialOutcome:
@@ -89,6 +97,8 @@ def run_trial(
             images,
         )
         metrics["teacher_val_accuracy"] = teacher.val_accuracy
+    if report is not None:  # every per-epoch report also carries what step 1 measured,
+        report = _with_known(report, dict(metrics))  # which the rungs rank by (_rungs.py)
     if needs_training(arch):
         result, hit = cached_fit(
             arch,

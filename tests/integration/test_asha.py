@@ -1,4 +1,4 @@
-"""ASHA-stopped trials are PRUNED in Optuna and MLflow and never on the front or exported."""
+"""Early-stopped trials (studies/_rungs.py) are PRUNED in Optuna and MLflow and never on the front or exported."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def test_asha_pruned_trials_stay_off_the_front(tmp_path: Path) -> None:
         "study.name=asha",
         "trainer.threads=1",
         "study.population_size=2",
+        # auto trains ever better candidates, and a later better trial stops nothing
+        "study.sampler=nsga2",
         # widths that still differ (trials must not tie) but train in seconds
         "search_space.lm.width=[32,64]",
         "search_space.vision.width=[32]",
@@ -33,12 +35,17 @@ def test_asha_pruned_trials_stay_off_the_front(tmp_path: Path) -> None:
         "search",
         *common,
         "study.n_trials=6",
-        "trainer.max_epochs=2",
+        # a rung at epoch 2 (after 1 epoch every accuracy here is 0: ties stop nothing);
+        # the last epoch is never a rung, so a fully trained trial is never pruned
+        "trainer.max_epochs=3",
         "data.train_images=400",
         "data.val_images=80",  # finer accuracy steps: ASHA stops nothing on ties
         "study.asha.enabled=true",
-        "study.asha.grace_period=1",
+        "study.asha.grace_period=2",
         "study.asha.reduction_factor=2",
+        # by accuracy alone, so that a trial is sure to be stopped; the Pareto rule is
+        # tested on made-up curves (tests/studies/test_rungs.py)
+        "study.asha.rank_by=accuracy",
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     study = optuna.load_study(study_name="asha", storage=f"sqlite:///{workdir / 'optuna.db'}")

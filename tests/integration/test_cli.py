@@ -50,8 +50,8 @@ def test_search_logs_one_parent_and_three_children_in_mlflow(searched: Path) -> 
     under = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     children = [r for r in under if r.data.tags.get("vlmnas.role") == "trial"]
     assert len(parents) == 1 and len(children) == 3
-    # with study.sampler=auto there would also be cheap records (test_auto_search.py)
-    assert {r.data.tags.get("vlmnas.role") for r in under} == {"trial"}
+    # the rest are the default sampler's (auto) measurements of untrained candidates
+    assert {r.data.tags.get("vlmnas.role") for r in under} == {"trial", "cheap"}
     assert all(r.info.status == "FINISHED" for r in runs)
     for child in children:
         assert {

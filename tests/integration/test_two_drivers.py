@@ -34,17 +34,22 @@ def test_two_drivers_share_one_study(tmp_path: Path) -> None:
         "study.cpus_per_trial=1",
         *TINY,
     ]
+    # Output to files, not pipes: waiting on one driver's pipe while the other's fills
+    # up blocked the other in a write (a deadlock once auto's driver logged more).
+    logs = [tmp_path / f"driver{i}.log" for i in range(2)]
     drivers = [
         subprocess.Popen(
             [sys.executable, "-m", "studies.cli", *args],
             cwd=REPO,
-            stdout=subprocess.PIPE,
+            stdout=log.open("w"),
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for _ in range(2)
+        for log in logs
     ]
-    outputs = [d.communicate(timeout=900)[0] for d in drivers]
+    for d in drivers:
+        d.wait(timeout=900)
+    outputs = [log.read_text() for log in logs]
     for d, out in zip(drivers, outputs, strict=True):
         assert d.returncode == 0, out[-3000:]
 

@@ -13,7 +13,7 @@ def test_default_config_composes_every_group() -> None:
     assert [p.name for p in cfg.profiles] == ["cpu"]
     assert cfg.data.name == "shapes_vqa" and cfg.trainer.max_epochs >= 1
     assert [o.metric for o in cfg.study.objectives] == ["cpu/accuracy", "cpu/latency_p50_ms"]
-    assert cfg.study.sampler == "nsga2"  # the preset; auto is opt-in for now
+    assert cfg.study.sampler == "auto"  # the preset
 
 
 def test_relative_workdir_is_resolved_in_the_driver(tmp_path: Path, monkeypatch) -> None:

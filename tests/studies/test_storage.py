@@ -161,6 +161,25 @@ def test_a_trial_asked_past_n_trials_by_a_racing_driver_is_surplus(tmp_path: Pat
         assert [t.number for t in counted(trials)] == [0]  # the surplus one never counts
 
 
+def test_a_choice_queued_when_the_study_fills_up_is_closed_as_surplus(tmp_path: Path) -> None:
+    """Two `auto` drivers each queue a choice; the study fills up with the first, so
+    the second never runs: it is closed as surplus, not left WAITING in the store."""
+    cfg = _cfg(tmp_path, n_trials=1)
+    (tmp_path / "runs").mkdir()
+    with StudyStore(cfg, Timing()) as store:
+        baseline = store.ask()
+        assert baseline is not None and baseline.user_attrs.get("baseline") is True
+        store.enqueue({}, {"chosen_by": "the other driver's choice"})
+        assert store.waiting()
+        assert store.ask() is None
+        assert not store.waiting()
+        trials = store.trials()
+        assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.FAIL]
+        assert trials[1].user_attrs["chosen_by"] == "the other driver's choice"
+        assert "the study was full" in trials[1].user_attrs["surplus"]
+        assert [t.number for t in counted(trials)] == [0]
+
+
 @pytest.mark.parametrize(
     ("sampler", "kind"),
     [("tpe", optuna.samplers.TPESampler), ("auto", optuna.samplers.RandomSampler)],

@@ -3,12 +3,14 @@
 trade-off), seeds in parallel processes; wall time per sampler.
 
     python bench/replay_speed.py [samplers...]    # default: random tpe auto
+    CHEAP_PER_TRAINING=40 python bench/replay_speed.py auto   # auto's pool growth (default 20)
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
+import os
 import random
 import sys
 import tempfile
@@ -44,12 +46,16 @@ def synthetic(path: Path, seed: int = 0) -> Path:
 
 def main() -> None:
     samplers = sys.argv[1:] or ["random", "tpe", "auto"]
+    cheap_per_training = int(os.environ.get("CHEAP_PER_TRAINING", "20"))
     with tempfile.TemporaryDirectory() as work:
         path = synthetic(Path(work) / "t.csv")
         table = ReplayTable.load(
             path, list(LEVELS), ["accuracy:max", "latency_ms:min"], ["latency_ms"]
         )
-        print(f"{cpu_description()}; {len(table.rows)} rows, 10 seeds x 100 trainings\n")
+        print(
+            f"{cpu_description()}; {len(table.rows)} rows, 10 seeds x 100 trainings;"
+            f" auto: {cheap_per_training} cheap candidates per training\n"
+        )
         print(
             "| sampler | wall s | share after 25 | after 50 | after 100 (mean, sd) |"
             " trainings to 80% (seeds reaching) | to 95% | cheap rows read per seed |"
@@ -57,7 +63,9 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         for name in samplers:
             start = time.perf_counter()
-            out = replay(table, [name], seeds=10, trainings=100)
+            out = replay(
+                table, [name], seeds=10, trainings=100, cheap_per_training=cheap_per_training
+            )
             wall = time.perf_counter() - start
             s = out["samplers"][name]
             hv = s["share_after_100"]

@@ -15,9 +15,10 @@ accuracy.
 
 The first trial at a rung always goes on (nothing to compare with), as in ASHA; a trial
 that reaches a rung once is recorded there once. The rungs live in the driver's memory:
-a resumed study (or a second driver on it) starts with empty rungs. Knows nothing of Ray or Optuna: the
-Ray adapter (`_ray.py`) asks `ParetoRungs.stop` on every per-epoch report, and
-`bench/early_stopping.py` replays recorded learning curves through the same object.
+a resumed study (or a second driver on it) starts with empty rungs. Knows nothing of Ray
+or Optuna: the Ray adapter (`_ray.py`) asks `ParetoRungs.stop` on every per-epoch
+report, and `bench/early_stopping.py` replays recorded learning curves through the same
+object.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ import optuna
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import run_search  # noqa: E402  (bench/ is the script's folder)
+from _common import add_budget_args, run_search, study_budget  # noqa: E402  (bench/ is the script's folder)
 
 from hardware_profiles._report import cpu_description  # noqa: E402
 from studies import load_config  # noqa: E402
@@ -109,24 +109,15 @@ def replay(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="runs-early-stopping")
-    parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--train-images", type=int, default=1000)
+    add_budget_args(parser, "runs-early-stopping")
     parser.add_argument("--orders", type=int, default=200)
-    parser.add_argument("--small", action="store_true")
     parser.add_argument("--grace", type=int, help="rungs' grace period (default: the preset's)")
     parser.add_argument("--factor", type=int, help="reduction factor (default: the preset's)")
     args = parser.parse_args()
-    budget = [
-        f"trainer.max_epochs={args.epochs}",
-        f"data.train_images={args.train_images}",
-        f"study.n_trials={args.trials}",
-    ]
+    small = ["trainer.max_epochs=3", "data.train_images=60", "data.val_images=10"]
+    budget = study_budget(args, small=[*small, "study.n_trials=6"])
     if args.small:
         args.epochs = 3
-        budget = ["trainer.max_epochs=3", "data.train_images=60", "data.val_images=10"]
-        budget += ["study.n_trials=6"]
     budget += [
         "study.constraints=['cpu/size_mb <= 1.5']",
         "study.sampler=random",

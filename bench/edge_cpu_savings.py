@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import run_search  # noqa: E402  (bench/ is the script's folder)
+from _common import add_budget_args, run_search, study_budget  # noqa: E402  (bench/ is the script's folder)
 
 from dashboards import tracking_uri_for  # noqa: E402
 from hardware_profiles._report import cpu_description  # noqa: E402
@@ -46,25 +46,18 @@ VARIANTS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default="runs-savings")
-    parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--train-images", type=int, default=1000)
-    parser.add_argument("--small", action="store_true")
+    add_budget_args(parser, "runs-savings")
     args = parser.parse_args()
-    budget = [
-        f"trainer.max_epochs={args.epochs}",
-        f"data.train_images={args.train_images}",
-        f"study.n_trials={args.trials}",
-    ]
-    if args.small:
-        budget = [
+    budget = study_budget(
+        args,
+        small=[
             "trainer.max_epochs=3",
             "data.train_images=60",
             "data.val_images=10",
             "study.n_trials=4",
             "study.population_size=2",
-        ]
+        ],
+    )
     print(f"machine: {cpu_description()}; {platform.platform()}")
     print(f"budget: {' '.join(budget)}")
     rows = []

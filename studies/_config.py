@@ -41,7 +41,7 @@ Sampler = Literal["auto", "nsga2", "nsga3", "tpe", "gp", "random"]
 SAMPLERS: tuple[str, ...] = choices(Sampler)
 Direction = Literal["maximize", "minimize"]  # studies._pareto.DIRECTIONS
 Policy = Literal["pareto", "knee", "max_accuracy", "min_latency"]  # studies/_export.py
-RankBy = Literal["pareto", "accuracy"]  # studies._rungs.RANK_BY
+RankBy = Literal["pareto", "accuracy"]  # how studies/_rungs.py ranks (study.asha.rank_by)
 PROFILE_METRICS = ("accuracy", "latency_p50_ms", "latency_p95_ms", "size_mb")
 GLOBAL_METRICS = ("val_accuracy", "params", "image_tokens", "prompt_tokens")
 Positive = Annotated[int, Field(ge=1)]

@@ -30,7 +30,6 @@ from typing import Any
 
 from ._pareto import pareto_front
 
-RANK_BY = ("pareto", "accuracy")
 _WORST = {"maximize": -math.inf, "minimize": math.inf}
 
 

@@ -20,8 +20,8 @@ plus those running anywhere. Two drivers asking at the same moment can both pass
 check; the one whose trial is ranked past `n_trials` closes it at once as FAIL with the
 user attribute `surplus` (it never runs and counts nowhere), so the study reaches
 `n_trials` exactly; a trial still queued when the study is full (two drivers' `auto`
-choices) is closed the same way. SQLite (the default) is for one driver: use PostgreSQL or a journal
-file for several.
+choices) is closed the same way. SQLite (the default) is for one driver: use PostgreSQL
+or a journal file for several.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Early-stopped trials (studies/_rungs.py) are PRUNED in Optuna and MLflow and never on the front or exported."""
+"""Early-stopped trials (studies/_rungs.py) are PRUNED in Optuna and MLflow and never on
+the front or exported."""
 
 from __future__ import annotations
 

@@ -109,6 +109,7 @@ def run_trial(
             report=report,
             images=images,
             teacher=teacher,
+            model=untrained,  # not built (or for a cut, loaded and cut) a second time
         )
         model, history = result.model, result.val_accuracy_history
         metrics["val_accuracy"] = result.metrics["val_accuracy"]
@@ -169,7 +170,8 @@ def _untrained(
     # the validation set it is scored on.
     calib_images = max((p.calibration_images for p in cfg.profiles), default=0)
     calibration = encode_eval(data.train[:calib_images], tok, arch, data.text_len, images)
-    untrained = model_for(arch, data, images)
+    # seeded as `fit` would build it, so that training can start from this one
+    untrained = model_for(arch, data, images, seed=cfg.trainer.seed)
     metrics: dict[str, float] = {
         # visual tokens per image (LLaVA-NeXT's AnyRes: they depend on its size), on average
         "image_tokens": float((val.image_index <= newline_index(arch)).sum(1).mean()),

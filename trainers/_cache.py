@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from search_spaces import FAMILY, ArchConfig
+from search_spaces import FAMILY, ArchConfig, VlmModel
 
 from ._fit import EpochReport, TrainerConfig, TrainResult, fit, load_trained
 from ._recipes import Teacher
@@ -87,12 +87,14 @@ def cached_fit(
     report: EpochReport | None = None,
     images: ImageCache | None = None,
     teacher: Teacher | None = None,
+    model: VlmModel | None = None,
 ) -> tuple[TrainResult, bool]:
     """`fit`, or the cached result of an identical earlier `fit`; returns (result, hit).
 
     On a hit the recorded per-epoch validation accuracies are reported again, so a
     scheduler sees the same trajectory as the first time. If another process is training
-    the same entry, this waits for it and returns its result as a hit.
+    the same entry, this waits for it and returns its result as a hit. `model` (the
+    untrained model, built already) goes to `fit` on a miss.
     """
     entry = cache_dir / cache_key(arch, data, cfg, teacher, per_epoch=report is not None)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +105,9 @@ def cached_fit(
     with _locked(cache_dir / f".{entry.name}.lock"):
         if (entry / "result.json").is_file():  # trained by the process we waited for
             return _load(entry, arch, data, out_dir, report), True
-        result = fit(arch, data, cfg, out_dir, report=report, images=images, teacher=teacher)
+        result = fit(
+            arch, data, cfg, out_dir, report=report, images=images, teacher=teacher, model=model
+        )
         _store(entry, out_dir, result)
     return result, False
 

@@ -279,9 +279,24 @@ class _HoldCoresPerBatch(L.Callback):
 CALIBRATION_ROWS = 32
 
 
-def model_for(arch: ArchConfig, data: VQAData, images: ImageCache | None = None) -> VlmModel:
+def model_for(
+    arch: ArchConfig,
+    data: VQAData,
+    images: ImageCache | None = None,
+    *,
+    seed: int | None = None,
+) -> VlmModel:
     """The untrained model of `arch`: built at its sizes for `data`'s vocabulary, or cut
-    from its checkpoint (`arch.backbone`), the checkpoint's weights loaded."""
+    from its checkpoint (`arch.backbone`), the checkpoint's weights loaded.
+
+    With `seed`, its random parts (every weight from scratch; the adapters a cut installs)
+    are drawn from `torch.manual_seed(seed)` and the global generator is left as it was,
+    so two calls with one seed give the same model: what `fit` builds when it is not
+    handed one."""
+    if seed is not None:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return model_for(arch, data, images)
     if arch.backbone is None:
         return _model_for(arch, data.tokenizer)
     calibration: list[tuple[torch.Tensor, ...]] = []
@@ -385,9 +400,15 @@ def fit(
     report: EpochReport | None = None,
     images: ImageCache | None = None,
     teacher: Teacher | None = None,
+    model: VlmModel | None = None,
 ) -> TrainResult:
     """Train `arch` on `data` for `cfg.max_epochs` with `arch.recipe`; writes `model.pt`
     and `word_tokenizer.json`.
+
+    `model` is the untrained model as `model_for(arch, data, images, seed=cfg.seed)`
+    returns it, where the caller has built it already (a trial's step 1 did, to time
+    it): it is trained in place instead of being built, or for a cut loaded from the
+    checkpoint, a second time. Either way the weights are the same.
 
     With `report`, the model is validated after every epoch and `report(epoch,
     {"val_accuracy": ...})` called, so a scheduler can stop the trial early; without
@@ -404,7 +425,8 @@ def fit(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     images = images or ImageCache()
     tok = data.tokenizer
-    model = model_for(arch, data, images)
+    if model is None:
+        model = model_for(arch, data, images, seed=cfg.seed)
     lora = _trainable(model, arch)
     model.set_checkpointing(cfg.grad_checkpointing)
     with busy():  # decoding and resizing every image is training work too

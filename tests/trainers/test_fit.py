@@ -80,6 +80,29 @@ def test_fit_is_seeded(tmp_path: Path, shapes_data, tiny_arch) -> None:
         assert torch.equal(pa, pb)
 
 
+def test_a_model_built_beforehand_trains_to_the_same_weights(
+    tmp_path: Path, shapes_data, tiny_arch
+) -> None:
+    # A trial's step 1 builds the untrained model to time it; fit trains that one
+    # instead of building it again, and must end where building it itself would.
+    cfg = TrainerConfig(max_epochs=1, batch_size=16, threads=1, seed=3)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    given = model_for(tiny_arch, shapes_data, seed=cfg.seed)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator untouched
+    again = model_for(tiny_arch, shapes_data, seed=cfg.seed)
+    for pa, pb in zip(given.parameters(), again.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    built = fit(tiny_arch, shapes_data, cfg, tmp_path / "built")
+    handed = fit(tiny_arch, shapes_data, cfg, tmp_path / "handed", model=given)
+    assert handed.model is given
+    for pa, pb in zip(built.model.parameters(), handed.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert not all(
+        torch.equal(pa, pb) for pa, pb in zip(given.parameters(), again.parameters(), strict=True)
+    )  # it trained
+
+
 def test_without_a_listener_it_validates_once_and_trains_the_same(
     tmp_path: Path, shapes_data, tiny_arch
 ) -> None:

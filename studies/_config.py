@@ -82,20 +82,20 @@ class Constraint:
     bound: float
 
     @classmethod
-    def parse(cls, text: str) -> Constraint:
+    def parse(cls, text: str, where: str = "study.constraints") -> Constraint:
+        """`text` as a constraint; a `ConfigError` naming `where` (the option it came
+        from) and the entry otherwise."""
         match = _CONSTRAINT.match(str(text))
         if not match:
             raise ConfigError(
-                f"study.constraints entry {text!r}: write 'profile/metric <= number' or"
+                f"{where} entry {text!r}: write 'profile/metric <= number' or"
                 " 'profile/metric >= number'"
             )
         metric, op, bound = match.groups()
         try:
             value = float(bound)
         except ValueError:
-            raise ConfigError(
-                f"study.constraints entry {text!r}: {bound!r} is not a number"
-            ) from None
+            raise ConfigError(f"{where} entry {text!r}: {bound!r} is not a number") from None
         return cls(metric, op, value)
 
     @property

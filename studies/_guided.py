@@ -1,6 +1,6 @@
-"""Drawing candidates of a search space outside Optuna (the `auto` sampler, in a search
-and in tabular replay), through the space's own `sample`, so that conditional
-parameters appear exactly where they apply."""
+"""Drawing candidates of a search space outside Optuna (the `auto` sampler in a search),
+through the space's own `sample`, so that conditional parameters appear exactly where
+they apply."""
 
 from __future__ import annotations
 

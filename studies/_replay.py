@@ -8,8 +8,13 @@ A table is a CSV with one row per configuration: the parameter columns name it
 objective of a row is one training. A parameter's values are categories unless all of
 them are numbers (then numbers, still offered as the table's own values), and the table
 must hold every combination of its parameters' values: a sampler may propose any of
-them. Everything is checked when the table is loaded, before any sampler runs; each
-problem is one line naming the column, row or value.
+them. Constraints (`table.constraints`, `column <= v` or `column >= v`, the syntax of
+`study.constraints`) keep the rows that break one off the front; a row that breaks one on
+a `table.cheap` column is never trained, as a search stops such a candidate before
+training (Optuna's samplers are told the violations, as a search tells them). Everything
+is checked when the table is loaded, before any sampler runs; each problem is one line
+naming the column, row or value. `studies._tabular` feeds this project's own tables
+through the same code.
 
 Each sampler is built by `studies._samplers.sampler_named`, the code `vlmnas search`
 uses, seeded per replay seed; the table's baseline row (`replay.baseline_row`) is the
@@ -39,7 +44,7 @@ from typing import Any
 import optuna
 
 from ._cheap_first import CheapFirst
-from ._config import ConfigError
+from ._config import ConfigError, Constraint
 from ._pareto import hypervolume, pareto_front
 from ._samplers import SAMPLERS, sampler_named
 
@@ -53,7 +58,9 @@ REPLAY_SAMPLERS = (*SAMPLERS, AUTO)
 @dataclass(frozen=True)
 class ReplayTable:
     """A loaded, checked table: `values[p]` the sorted choices of parameter p, `rows`
-    each row's parameters, `scores` each row's objectives (in `objectives` order)."""
+    each row's parameters, `scores` each row's objectives (in `objectives` order),
+    `limits` each row's values of the constrained columns (in `constraints` order) and
+    `feasible` whether it meets every constraint."""
 
     path: Path
     params: tuple[str, ...]
@@ -63,6 +70,21 @@ class ReplayTable:
     rows: list[tuple[Any, ...]]
     scores: list[tuple[float, ...]]
     index: dict[tuple[Any, ...], int] = field(repr=False)
+    constraints: tuple[Constraint, ...] = ()
+    limits: list[tuple[float, ...]] = field(default_factory=list, repr=False)
+    feasible: list[bool] = field(default_factory=list, repr=False)
+
+    def violations(self, row: int) -> list[float]:
+        """Each constraint's violation on `row` (Optuna's convention: <= 0 when met)."""
+        return [c.violation(v) for c, v in zip(self.constraints, self.limits[row], strict=True)]
+
+    def untrainable(self, row: int) -> bool:
+        """`row` breaks a constraint on a column known before training (`cheap`): a
+        search stops such a candidate before training it."""
+        return any(
+            c.metric in self.cheap and v > 0
+            for c, v in zip(self.constraints, self.violations(row), strict=True)
+        )
 
     @property
     def directions(self) -> list[str]:
@@ -70,7 +92,12 @@ class ReplayTable:
 
     @classmethod
     def load(
-        cls, path: Path, params: Sequence[str], objectives: Sequence[str], cheap: Sequence[str]
+        cls,
+        path: Path,
+        params: Sequence[str],
+        objectives: Sequence[str],
+        cheap: Sequence[str],
+        constraints: Sequence[str] = (),
     ) -> ReplayTable:
         path = Path(path)
         if not path.is_file():
@@ -85,15 +112,20 @@ class ReplayTable:
         names = [c for c, _ in parsed]
         for dup in {c for c in names if names.count(c) > 1} | {p for p in params if p in names}:
             raise ConfigError(f"table column {dup!r} is named twice in table.params/objectives")
+        limits = tuple(Constraint.parse(c, where="table.constraints") for c in constraints)
+        limited = [c.metric for c in limits]
         for c in cheap:
-            if c not in names:
-                raise ConfigError(f"table.cheap: {c!r} is not one of table.objectives {names}")
+            if c not in names and c not in limited:
+                raise ConfigError(
+                    f"table.cheap: {c!r} is not one of table.objectives {names}"
+                    f" or a table.constraints column {limited}"
+                )
         if set(names) <= set(cheap):
             raise ConfigError("table.cheap covers every objective: nothing would need training")
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
-            missing = [c for c in (*params, *names) if c not in columns]
+            missing = [c for c in dict.fromkeys((*params, *names, *limited)) if c not in columns]
             if missing:
                 raise ConfigError(f"{path}: no column {missing}; it has {columns}")
             raw = list(reader)
@@ -108,6 +140,18 @@ class ReplayTable:
                 raise ConfigError(f"{path}:{line}: {bad}={row[bad]!r} is not a number") from None
             if not all(math.isfinite(v) for v in scores[-1]):
                 raise ConfigError(f"{path}:{line}: an objective is not finite: {scores[-1]}")
+        bounded: list[tuple[float, ...]] = []
+        for line, row in enumerate(raw, start=2):
+            odd = next((c for c in limited if not _is_number(row[c])), None)
+            if odd is not None:
+                raise ConfigError(f"{path}:{line}: {odd}={row[odd]!r} is not a number")
+            bounded.append(tuple(float(row[c]) for c in limited))
+        feasible = [
+            all(c.violation(v) <= 0 for c, v in zip(limits, values, strict=True))
+            for values in bounded
+        ]
+        if not any(feasible):
+            raise ConfigError(f"{path}: no row meets table.constraints {[str(c) for c in limits]}")
         values = {p: _choices([row[p] for row in raw]) for p in params}
         rows = [tuple(_value(row[p], values[p]) for p in params) for row in raw]
         index: dict[tuple[Any, ...], int] = {}
@@ -125,7 +169,19 @@ class ReplayTable:
                 " configurations; a sampler may propose any of them: the table must hold"
                 " every combination"
             )
-        return cls(path, tuple(params), tuple(parsed), tuple(cheap), values, rows, scores, index)
+        return cls(
+            path,
+            tuple(params),
+            tuple(parsed),
+            tuple(cheap),
+            values,
+            rows,
+            scores,
+            index,
+            constraints=limits,
+            limits=bounded,
+            feasible=feasible,
+        )
 
     def reference(self, spec: str | Sequence[float]) -> list[float]:
         """The reference point: `median` or `nadir` of each objective, or given values."""
@@ -150,8 +206,14 @@ class ReplayTable:
         return ref
 
     def true_hypervolume(self, ref: Sequence[float]) -> float:
-        front = pareto_front(self.scores, self.directions)
-        return hypervolume([self.scores[i] for i in front], self.directions, ref)
+        """Hypervolume of the front of the table's feasible rows."""
+        return self.hypervolume(range(len(self.rows)), ref)
+
+    def hypervolume(self, rows: Sequence[int], ref: Sequence[float]) -> float:
+        """Hypervolume of the front of the feasible ones among `rows`."""
+        points = [self.scores[i] for i in rows if self.feasible[i]]
+        front = pareto_front(points, self.directions)
+        return hypervolume([points[i] for i in front], self.directions, ref)
 
 
 @dataclass(frozen=True)
@@ -200,14 +262,14 @@ def replay_one(
         if row is None:  # cannot happen for a full grid: say so if it does
             raise ConfigError(f"sampler {sampler!r} proposed {trial.params}, not in {table.path}")
         cheap.add(row)
+        for constraint, violation in zip(table.constraints, table.violations(row), strict=True):
+            trial.set_constraint(str(constraint), violation)  # as `search` tells them
         study.tell(trial, list(table.scores[row]))
-        if row in seen:
+        if row in seen or table.untrainable(row):  # cached, or stopped before training
             continue
         seen.add(row)
         trained.append(row)
-        points = [table.scores[i] for i in trained]
-        front = [points[i] for i in pareto_front(points, table.directions)]
-        shares.append(hypervolume(front, table.directions, ref) / total if total else 0.0)
+        shares.append(table.hypervolume(trained, ref) / total if total else 0.0)
     return SeedRun(trained, len(cheap), shares)
 
 
@@ -238,8 +300,11 @@ def _replay_auto(
     def draw(rng: Any) -> dict[str, Any]:
         return _row_params(table, rng.randrange(len(table.rows)))
 
-    def cheap_fn(params: dict[str, Any]) -> list[float]:
-        scores = table.scores[table.index[tuple(params[p] for p in table.params)]]
+    def cheap_fn(params: dict[str, Any]) -> list[float] | None:
+        row = table.index[tuple(params[p] for p in table.params)]
+        if table.untrainable(row):
+            return None  # never trained, as in a search
+        scores = table.scores[row]
         return [scores[i] if i in cheap_at else math.nan for i in range(len(scores))]
 
     total = table.true_hypervolume(ref)
@@ -250,11 +315,9 @@ def _replay_auto(
         if params is None:  # every row trained or measured
             break
         row = table.index[tuple(params[p] for p in table.params)]
-        chooser.tell(params, table.scores[row])
+        chooser.tell(params, table.scores[row], feasible=table.feasible[row])
         trained.append(row)
-        points = [table.scores[i] for i in trained]
-        front = [points[i] for i in pareto_front(points, table.directions)]
-        shares.append(hypervolume(front, table.directions, ref) / total if total else 0.0)
+        shares.append(table.hypervolume(trained, ref) / total if total else 0.0)
     return SeedRun(trained, len(chooser.measured), shares)
 
 
@@ -276,8 +339,12 @@ def replay(
     baseline_row: int | None = None,
     processes: int | None = None,
     cheap_per_training: int = 20,
+    population_size: int = 4,
+    first_seed: int = 0,
 ) -> dict[str, Any]:
-    """Every sampler over `seeds` seeds (in parallel processes); the `replay.out` JSON."""
+    """Every sampler over the seeds `first_seed` .. `first_seed + seeds - 1` (in parallel
+    processes); the `replay.out` JSON. `population_size`: random trainings before `auto`
+    and `gp` model anything, NSGA-II's generation."""
     for name in samplers:
         if name not in REPLAY_SAMPLERS:
             raise ConfigError(f"replay.samplers: {name!r} unknown; allowed {list(REPLAY_SAMPLERS)}")
@@ -300,9 +367,9 @@ def replay(
             f"reference point {ref}: no row beats it in every objective (hypervolume 0)"
         )
     jobs = [
-        (table, s, seed, trainings, ref, baseline_row, 4, cheap_per_training)
+        (table, s, seed, trainings, ref, baseline_row, population_size, cheap_per_training)
         for s in samplers
-        for seed in range(seeds)
+        for seed in range(first_seed, first_seed + seeds)
     ]
     workers = processes or min(len(jobs), multiprocessing.cpu_count())
     if workers > 1:
@@ -316,6 +383,8 @@ def replay(
         "params": list(table.params),
         "objectives": [f"{c}:{d[:3]}" for c, d in table.objectives],
         "cheap": list(table.cheap),
+        "constraints": [str(c) for c in table.constraints],
+        "feasible_rows": sum(table.feasible),
         "reference": ref,
         "reference_rule": reference if isinstance(reference, str) else "given",
         "true_hypervolume": total,
@@ -328,7 +397,7 @@ def replay(
         summary: dict[str, Any] = {
             "seeds": [
                 {"seed": s, "trained_rows": r.trained_rows, "cheap_rows": r.cheap_rows}
-                for s, r in enumerate(mine)
+                for s, r in enumerate(mine, start=first_seed)
             ]
         }
         for n in (c for c in CHECKPOINTS if c <= trainings):
@@ -404,7 +473,12 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "table": (None, "the CSV file"),
     "table.params": (None, "[column, ...]: the configuration's parameters"),
     "table.objectives": (None, "[column:max|min, ...]: at least 2"),
-    "table.cheap": ([], "[column, ...]: objectives known before training"),
+    "table.cheap": ([], "[column, ...]: objectives (or constrained columns) known before training"),
+    "table.constraints": (
+        [],
+        "['column <= v', ...]: rows breaking one are off the front; on a table.cheap"
+        " column, never trained",
+    ),
     "replay.samplers": (["random", "tpe"], f"[name, ...] of {list(REPLAY_SAMPLERS)}"),
     "replay.seeds": (10, "seeds per sampler"),
     "replay.trainings": (100, "trainings per seed"),
@@ -435,7 +509,13 @@ def run_cli(overrides: Sequence[str]) -> tuple[dict[str, Any], Path]:
     for key in ("table", "table.params", "table.objectives"):
         if opts[key] is None:
             raise ConfigError(f"replay needs {key}= ({OPTIONS[key][1]})")
-    for key in ("table.params", "table.objectives", "table.cheap", "replay.samplers"):
+    for key in (
+        "table.params",
+        "table.objectives",
+        "table.cheap",
+        "table.constraints",
+        "replay.samplers",
+    ):
         if not isinstance(opts[key], list):
             raise ConfigError(f"{key}={opts[key]!r}: give a list, {OPTIONS[key][1]}")
     for key in ("replay.seeds", "replay.trainings"):
@@ -446,6 +526,7 @@ def run_cli(overrides: Sequence[str]) -> tuple[dict[str, Any], Path]:
         [str(p) for p in opts["table.params"]],
         [str(o) for o in opts["table.objectives"]],
         [str(c) for c in opts["table.cheap"]],
+        [str(c) for c in opts["table.constraints"]],
     )
     result = replay(
         table,

@@ -1,220 +1,121 @@
-"""Tabular replay: a study's sampler run against a table of already measured
-configurations instead of training anything.
+"""Tabular replay of a study: its sampler run against a table of measured configurations
+of its search space, through `vlmnas replay`'s engine (`studies._replay`).
 
 A table (CSV, one row per configuration, written by `bench/tabular_table.py`) holds what
-`run_trial` reported for every configuration of a search space. `replay` runs the study's
-own sampler (`make_sampler`, seeded), the space's own `sample` and the same baseline-first
-start as `search`, and answers each proposal from the table, so a sampler can be judged
-on hundreds of studies in the time one real study takes. What it leaves out: Ray, ASHA
-(every trial is full budget) and failures (every configuration has a row).
+`run_trial` reported for every configuration of a search space: `arch_id`, the space's
+parameters, the metrics. `load_table` puts a study config into that engine's terms:
 
-A configuration proposed twice counts as two trials, as in a real study (where the
-second costs little: its weights and latency are cached).
+- parameters: the space's leaves with more than one choice (a conditional one such as
+  `fusion.gating` that has one value wherever it applies names nothing new);
+- objectives and constraints: the study's; cheap: those a search measures before
+  training (`is_cheap_metric`: latency, size, coverage), so a row that breaks a cheap
+  constraint is never trained, as `reject_before_training` does in a search;
+- the first training: the space's baseline, as in a search.
+
+Samplers are built as `vlmnas search` builds them (`studies._samplers`, `auto` included),
+seeded from `study.seed`. What replay leaves out: Ray, ASHA (every training is full
+budget) and failures (every configuration has a row). A configuration proposed again
+costs no training (a search has its weights and latency cached): replay counts
+trainings, not proposals.
 """
 
 from __future__ import annotations
 
 import csv
-import math
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import optuna
-
-from ._cheap_first import CheapFirst, Params
 from ._config import ConfigError, VlmnasConfig, is_cheap_metric
 from ._front import reference_point
-from ._guided import arch_of, complete_params, space_choices
-from ._pareto import hypervolume, pareto_front
-from ._samplers import make_sampler
+from ._replay import ReplayTable
+from ._replay import replay as replay_table
 
 
-@dataclass(frozen=True)
-class Table:
-    """Measured metrics per configuration, keyed by `arch_id` (which includes the
-    quantization scheme)."""
-
-    path: Path
-    rows: dict[str, dict[str, float]]
-
-    @classmethod
-    def load(cls, path: Path) -> Table:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"tabular table {str(path)!r} not found")
-        rows: dict[str, dict[str, float]] = {}
-        with path.open(newline="") as f:
-            for line, row in enumerate(csv.DictReader(f), start=2):
-                if "arch_id" not in row:
-                    raise ConfigError(f"{path}: no arch_id column")
-                metrics = {}
-                for key, value in row.items():
-                    if "/" in key or key in ("params", "val_accuracy", "train_s"):
-                        try:
-                            metrics[key] = float(value)
-                        except (TypeError, ValueError):
-                            raise ConfigError(
-                                f"{path}:{line}: {key}={value!r} is not a number"
-                            ) from None
-                rows[row["arch_id"]] = metrics
-        if not rows:
-            raise ConfigError(f"{path}: no rows")
-        return cls(path, rows)
-
-    def check(self, cfg: VlmnasConfig) -> None:
-        """The table answers every objective and constraint of `cfg` for every
-        configuration of its space; raises `ConfigError` naming what is missing."""
-        metrics = {o.metric for o in cfg.study.objectives}
-        metrics |= {c.metric for c in cfg.study.parsed_constraints}
-        columns = set(next(iter(self.rows.values())))
-        if not metrics <= columns:
-            raise ConfigError(
-                f"{self.path}: no column for {sorted(metrics - columns)}; it has {sorted(columns)}"
-            )
-        quant = {p.name: p.quant_schemes for p in cfg.profiles}
-        missing = [
-            p for p in cfg.space.grid(quant) if cfg.space.to_arch(p).arch_id not in self.rows
-        ]
-        if missing:
-            raise ConfigError(
-                f"{self.path}: {len(missing)} configurations of search_space"
-                f" {cfg.space.name!r} have no row, e.g. {missing[0]}; rebuild it with"
-                " bench/tabular_table.py"
-            )
+def space_params(cfg: VlmnasConfig) -> list[str]:
+    """The parameters that tell `cfg.space`'s configurations apart: those with more than
+    one value where they apply."""
+    grid = cfg.space.grid(_quant(cfg))
+    keys = dict.fromkeys(k for params in grid for k in params)
+    return [k for k in keys if len({str(p[k]) for p in grid if k in p}) > 1]
 
 
-@dataclass(frozen=True)
-class ReplayTrial:
-    number: int
-    arch_id: str
-    values: tuple[float, ...]  # the study's objectives, in order
-    feasible: bool
-
-
-def replay(cfg: VlmnasConfig, table: Table, n_trials: int) -> list[ReplayTrial]:
-    """Run `cfg.study`'s sampler for `n_trials` against `table` (call `table.check(cfg)`
-    first). Deterministic for a given `cfg.study.seed`."""
-    if cfg.study.sampler == "auto":
-        return _replay_auto(cfg, table, n_trials)
-    objectives = cfg.study.objectives
-    constraints = cfg.study.parsed_constraints
-    quant = {p.name: p.quant_schemes for p in cfg.profiles}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        directions=[o.direction for o in objectives], sampler=make_sampler(cfg.study)
+def load_table(cfg: VlmnasConfig, path: Path) -> ReplayTable:
+    """`path` as a replay table of `cfg`'s study; `ConfigError` (one line) when it lacks
+    a column the study needs, a configuration of the space, or is malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"tabular table {str(path)!r} not found")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        ids = {row.get("arch_id") for row in reader}
+    study = cfg.study
+    needed = [o.metric for o in study.objectives] + [c.metric for c in study.parsed_constraints]
+    absent = [m for m in dict.fromkeys(["arch_id", *needed]) if m not in columns]
+    if absent:
+        raise ConfigError(f"{path}: no column for {absent}; it has {sorted(columns)}")
+    grid = cfg.space.grid(_quant(cfg))
+    missing = [p for p in grid if cfg.space.to_arch(p).arch_id not in ids]
+    if missing:
+        raise ConfigError(
+            f"{path}: {len(missing)} configurations of search_space {cfg.space.name!r} have"
+            f" no row, e.g. {missing[0]}; rebuild it with bench/tabular_table.py"
+        )
+    cheap = [m for m in dict.fromkeys(needed) if is_cheap_metric(m)]
+    return ReplayTable.load(
+        path,
+        space_params(cfg),
+        [f"{o.metric}:{o.direction[:3]}" for o in study.objectives],
+        cheap,
+        [str(c) for c in study.parsed_constraints],
     )
-    study.enqueue_trial(cfg.space.baseline_params(quant), user_attrs={"baseline": True})
-    out = []
-    for _ in range(n_trials):
-        trial = study.ask()
-        arch = cfg.space.sample(trial, quant)
-        row = table.rows[arch.arch_id]
-        violations = [c.violation(row[c.metric]) for c in constraints]
-        for constraint, violation in zip(constraints, violations, strict=True):
-            trial.set_constraint(str(constraint), violation)  # as `search` tells them
-        values = tuple(row[o.metric] for o in objectives)
-        study.tell(trial, list(values))
-        out.append(ReplayTrial(trial.number, arch.arch_id, values, all(v <= 0 for v in violations)))
-    return out
 
 
-def _replay_auto(cfg: VlmnasConfig, table: Table, n_trials: int) -> list[ReplayTrial]:
-    """`auto` as `vlmnas search` runs it (`_auto.py`: the same draws, completion of
-    conditional parameters and `CheapFirst`), its cheap measurements read from the
-    table's cheap columns. Stops early when no untrained feasible configuration is left."""
-    objectives = cfg.study.objectives
-    constraints = cfg.study.parsed_constraints
-    quant = {p.name: p.quant_schemes for p in cfg.profiles}
-    space = cfg.space
-    cheap = [is_cheap_metric(o.metric) for o in objectives]
-
-    def complete(params: Params, rng: random.Random) -> Params:
-        return complete_params(space, quant, params, rng)
-
-    def draw(rng: random.Random) -> Params:
-        return complete({}, rng)
-
-    def row_of(params: Params) -> dict[str, float]:
-        return table.rows[arch_of(space, quant, params).arch_id]
-
-    def cheap_fn(params: Params) -> list[float] | None:
-        row = row_of(params)
-        if any(c.cheap and c.violation(row[c.metric]) > 0 for c in constraints):
-            return None  # never trained, as in a search
-        return [row[o.metric] if k else math.nan for o, k in zip(objectives, cheap, strict=True)]
-
-    chooser = CheapFirst(
-        choices=space_choices(space, quant),
-        directions=[o.direction for o in objectives],
-        cheap=cheap,
-        seed=cfg.study.seed,
-        cheap_per_training=cfg.study.cheap_per_training,
-        startup=cfg.study.population_size,
-        complete=complete,
-        queued=[complete(space.baseline_params(quant), random.Random(cfg.study.seed))],
-    )
-    out = []
-    for number in range(n_trials):
-        params = chooser.propose(draw, cheap_fn)
-        if params is None:
-            break
-        row = row_of(params)
-        values = tuple(row[o.metric] for o in objectives)
-        feasible = all(c.violation(row[c.metric]) <= 0 for c in constraints)
-        chooser.tell(params, values, feasible=feasible)
-        arch_id = arch_of(space, quant, params).arch_id
-        out.append(ReplayTrial(number, arch_id, values, feasible))
-    return out
+def baseline_row(cfg: VlmnasConfig, table: ReplayTable) -> int:
+    """The table row of the space's baseline (with the first scheme of every profile)."""
+    baseline = cfg.space.baseline_params(_quant(cfg))
+    key = tuple(baseline[p] for p in table.params)
+    if key not in table.index:
+        raise ConfigError(f"{table.path}: no row for the baseline {baseline}")
+    return table.index[key]
 
 
-def reference(cfg: VlmnasConfig, table: Table) -> list[float]:
-    """Hypervolume reference point, as `search` sets it (`_front.reference_point`): the
+def search_reference(cfg: VlmnasConfig, table: ReplayTable) -> list[float]:
+    """The hypervolume reference point `search` uses (`_front.reference_point`): each
     objective's `reference`, else 0 when maximizing and twice the baseline's value when
     minimizing."""
-    quant = {p.name: p.quant_schemes for p in cfg.profiles}
-    baseline = table.rows[cfg.space.to_arch(cfg.space.baseline_params(quant)).arch_id]
-    objectives = cfg.study.objectives
-    return reference_point(objectives, [baseline[o.metric] for o in objectives])
+    return reference_point(cfg.study.objectives, list(table.scores[baseline_row(cfg, table)]))
 
 
-def nadir(cfg: VlmnasConfig, table: Table) -> list[float]:
-    """The table's worst value of each objective: a reference point that measures only
-    the part of the objective space the table's configurations actually span."""
-    ref = []
-    for o in cfg.study.objectives:
-        values = [row[o.metric] for row in table.rows.values()]
-        ref.append(min(values) if o.direction == "maximize" else max(values))
-    return ref
+def replay(
+    cfg: VlmnasConfig,
+    table: ReplayTable,
+    trainings: int,
+    *,
+    samplers: Sequence[str] | None = None,
+    seeds: int = 1,
+    reference: str | Sequence[float] = "search",
+    processes: int | None = None,
+) -> dict[str, Any]:
+    """`samplers` (default: the study's) for `trainings` trainings each, seeds
+    `study.seed` .. `study.seed + seeds - 1`, baseline first: the `vlmnas replay` result
+    (`studies._replay.replay`). `reference`: `search` (`search_reference`), `median`,
+    `nadir` or values."""
+    ref = search_reference(cfg, table) if reference == "search" else reference
+    return replay_table(
+        table,
+        list(samplers or [cfg.study.sampler]),
+        seeds=seeds,
+        trainings=trainings,
+        reference=ref,
+        baseline_row=baseline_row(cfg, table),
+        processes=processes,
+        cheap_per_training=cfg.study.cheap_per_training,
+        population_size=cfg.study.population_size,
+        first_seed=cfg.study.seed,
+    )
 
 
-def true_hypervolume(cfg: VlmnasConfig, table: Table, ref: Sequence[float]) -> float:
-    """Hypervolume of the front of the whole table (feasible rows only)."""
-    points = [
-        [row[o.metric] for o in cfg.study.objectives]
-        for row in table.rows.values()
-        if all(c.violation(row[c.metric]) <= 0 for c in cfg.study.parsed_constraints)
-    ]
-    directions = [o.direction for o in cfg.study.objectives]
-    return hypervolume([points[i] for i in pareto_front(points, directions)], directions, ref)
-
-
-def hypervolume_curve(
-    cfg: VlmnasConfig, trials: Sequence[ReplayTrial], ref: Sequence[float]
-) -> list[float]:
-    """Hypervolume of the feasible front after each trial."""
-    directions = [o.direction for o in cfg.study.objectives]
-    seen: list[list[float]] = []
-    curve = []
-    for t in trials:
-        if t.feasible:
-            seen.append(list(t.values))
-        front = pareto_front(seen, directions)
-        curve.append(hypervolume([seen[i] for i in front], directions, ref))
-    return curve
-
-
-def trials_to_reach(curve: Sequence[float], target: float) -> float:
-    """1-based number of trials after which `curve` first reaches `target`; inf if never."""
-    return next((k for k, hv in enumerate(curve, 1) if hv >= target), math.inf)
+def _quant(cfg: VlmnasConfig) -> dict[str, tuple[str, ...]]:
+    return {p.name: p.quant_schemes for p in cfg.profiles}

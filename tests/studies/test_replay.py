@@ -82,6 +82,26 @@ def test_replay_summary_per_sampler(table: ReplayTable) -> None:
         assert reach["reached"] == 3 and all(1 <= n <= 12 for n in reach["per_seed"])
 
 
+@pytest.mark.parametrize("sampler", ["random", "tpe", "auto"])
+def test_constraints_keep_rows_off_the_front_and_cheap_ones_untrained(
+    tmp_path: Path, sampler: str
+) -> None:
+    # latency (cheap) at most 3.5: the fastest two front rows and (1, b..c) stay; the
+    # true front is then theirs alone, and no slower row is ever trained
+    path = _write(tmp_path / "t.csv", _rows())
+    limited = ReplayTable.load(path, PARAMS, OBJECTIVES, ["lat_ms"], ["lat_ms <= 3.5"])
+    assert sum(limited.feasible) == 4
+    assert limited.true_hypervolume([0.0, 5.0]) == pytest.approx(0.5 * 1 + 0.7 * 3)
+    run = replay_one(limited, sampler, seed=0, trainings=4, ref=[0.0, 5.0])
+    assert all(limited.feasible[r] for r in run.trained_rows)
+    assert run.shares[-1] == pytest.approx(1.0)
+    # accuracy (known only after training) at least 0.6: trained, but off the front
+    after = ReplayTable.load(path, PARAMS, OBJECTIVES, ["lat_ms"], ["acc >= 0.6"])
+    assert after.true_hypervolume([0.0, 5.0]) == pytest.approx(0.7 * 2 + 0.9 * 1)
+    run = replay_one(after, "random", seed=0, trainings=12, ref=[0.0, 5.0])
+    assert sorted(run.trained_rows) == list(range(12)) and run.shares[-1] == pytest.approx(1.0)
+
+
 def test_seeds_run_in_parallel_processes_give_the_same_result(table: ReplayTable) -> None:
     serial = replay(table, ["random"], seeds=2, trainings=5, processes=1)
     parallel = replay(table, ["random"], seeds=2, trainings=5, processes=2)
@@ -132,6 +152,18 @@ def test_cli_writes_the_json(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         (lambda rows: rows, {"objectives": ["acc:up", "lat_ms:min"]}, "column:max or column:min"),
         (lambda rows: rows, {"cheap": ["size"]}, "'size' is not one of table.objectives"),
         (lambda rows: rows, {"params": ["width", "acc"]}, "'acc' is named twice"),
+        (
+            lambda rows: rows,
+            {"constraints": ["lat_ms < 3"]},
+            "table.constraints entry 'lat_ms < 3'",
+        ),
+        (lambda rows: rows, {"constraints": ["size <= 3"]}, "no column \\['size'\\]"),
+        (lambda rows: rows, {"constraints": ["lat_ms <= 0.5"]}, "no row meets table.constraints"),
+        (
+            lambda rows: [{**r, "mb": "big" if i == 0 else 1} for i, r in enumerate(rows)],
+            {"constraints": ["mb <= 2"]},
+            ":2: mb='big' is not a number",
+        ),
     ],
     ids=[
         "missing column",
@@ -142,6 +174,10 @@ def test_cli_writes_the_json(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         "bad direction",
         "cheap not an objective",
         "param is an objective",
+        "bad constraint",
+        "constraint column missing",
+        "constraint nothing meets",
+        "non-numeric constrained column",
     ],
 )
 def test_bad_table_gets_one_line(tmp_path: Path, edit, args, message) -> None:
@@ -152,6 +188,7 @@ def test_bad_table_gets_one_line(tmp_path: Path, edit, args, message) -> None:
             args.get("params", PARAMS),
             args.get("objectives", OBJECTIVES),
             args.get("cheap", ["lat_ms"]),
+            args.get("constraints", []),
         )
     assert "\n" not in str(info.value)
 

@@ -1,22 +1,15 @@
-"""Tabular replay (studies/_tabular.py) and the shipped table of bench/data."""
+"""Tabular replay of a study (studies/_tabular.py, on `vlmnas replay`'s engine) and the
+shipped table of bench/data."""
 
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
 import pytest
 
 from studies import ConfigError, load_config, pareto_front
-from studies._tabular import (
-    Table,
-    hypervolume_curve,
-    reference,
-    replay,
-    trials_to_reach,
-    true_hypervolume,
-)
+from studies._tabular import baseline_row, load_table, replay, search_reference, space_params
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "bench" / "data" / "tabular_cpu.csv"
@@ -72,87 +65,111 @@ def test_grid_covers_every_configuration_once() -> None:
     assert early and all("fusion.gating" not in p and "fusion.share_ratio" in p for p in early)
 
 
+def test_the_table_is_named_by_the_parameters_that_vary() -> None:
+    assert sorted(space_params(_cfg())) == [
+        "fusion.placement",
+        "grid_pinpoints",
+        "lm.depth",
+        "lm.width",
+        "quant.cpu",
+        "vision.pooling",
+        "vision.width",
+    ]
+
+
+def _trained(result: dict, sampler: str, seed: int = 0) -> list[int]:
+    return result["samplers"][sampler]["seeds"][seed]["trained_rows"]
+
+
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_same_seed_replays_the_same_trial_sequence(tmp_path: Path, sampler: str) -> None:
-    table = Table.load(_write_table(tmp_path / "t.csv"))
+def test_same_seed_replays_the_same_trainings(tmp_path: Path, sampler: str) -> None:
     cfg = _cfg(f"study.sampler={sampler}", "study.seed=7")
-    table.check(cfg)
-    first = [t.arch_id for t in replay(cfg, table, 12)]
-    again = [t.arch_id for t in replay(_cfg(f"study.sampler={sampler}", "study.seed=7"), table, 12)]
-    other = [t.arch_id for t in replay(_cfg(f"study.sampler={sampler}", "study.seed=8"), table, 12)]
-    assert first == again
-    assert first != other  # the seed is used: otherwise the check above proves nothing
-    # the baseline goes first, as in `search`
-    assert first[0] == cfg.space.to_arch(cfg.space.baseline_params({"cpu": ("fp32",)})).arch_id
+    table = load_table(cfg, _write_table(tmp_path / "t.csv"))
+    first = replay(cfg, table, 12, seeds=2, processes=1)
+    again = replay(_cfg(f"study.sampler={sampler}", "study.seed=7"), table, 12, processes=1)
+    assert _trained(first, sampler) == _trained(again, sampler)
+    assert first["samplers"][sampler]["seeds"][0]["seed"] == 7
+    # the seed is used: otherwise the check above proves nothing
+    assert _trained(first, sampler, 0) != _trained(first, sampler, 1)
+    # the baseline goes first, as in `search`, and nothing is trained twice
+    rows = _trained(first, sampler)
+    assert rows[0] == baseline_row(cfg, table) and len(set(rows)) == len(rows) == 12
+    baseline = cfg.space.baseline_params({"cpu": ("fp32", "int8_dynamic")})
+    assert dict(zip(table.params, table.rows[rows[0]], strict=True)) == {
+        p: baseline[p] for p in table.params
+    }
 
 
-def test_hypervolume_curve_rises_to_the_true_front(tmp_path: Path) -> None:
-    table = Table.load(_write_table(tmp_path / "t.csv"))
+def test_shares_rise_to_the_true_front(tmp_path: Path) -> None:
     cfg = _cfg("study.sampler=random", "study.seed=0")
-    ref = reference(cfg, table)
-    true_hv = true_hypervolume(cfg, table, ref)
-    curve = hypervolume_curve(cfg, replay(cfg, table, 300), ref)
-    assert all(b >= a for a, b in zip(curve, curve[1:], strict=False))
-    assert 0 < curve[0] < true_hv
-    # 300 random draws from 288 configurations almost surely include the whole front
-    assert curve[-1] == pytest.approx(true_hv)
-    assert trials_to_reach(curve, 0.95 * true_hv) <= 300
-    assert trials_to_reach(curve, 2 * true_hv) == math.inf
+    table = load_table(cfg, _write_table(tmp_path / "t.csv"))
+    result = replay(cfg, table, 288, processes=1)
+    ref = search_reference(cfg, table)
+    baseline = table.scores[baseline_row(cfg, table)]
+    assert result["reference"] == [0.0, 2 * baseline[1]] == ref
+    shares = result["samplers"]["random"]
+    # every row trained once: the whole front found, the share reaching 1 at the end
+    assert shares["trainings_to_95"]["reached"] == 1
+    assert 0 < shares["share_after_10"]["mean"] < 1
+    assert shares["share_after_100"]["mean"] <= 1
 
 
 def test_a_table_missing_a_configuration_is_refused(tmp_path: Path) -> None:
-    table = Table.load(_write_table(tmp_path / "t.csv", drop=1))
     with pytest.raises(ConfigError, match="1 configurations of search_space 'tabular' have no row"):
-        table.check(_cfg())
+        load_table(_cfg(), _write_table(tmp_path / "t.csv", drop=1))
 
 
 def test_a_table_without_the_objective_is_refused(tmp_path: Path) -> None:
-    table = Table.load(_write_table(tmp_path / "t.csv"))
     cfg = _cfg(
         "study.objectives=[{metric: cpu/accuracy, direction: maximize},"
         " {metric: cpu/size_mb, direction: minimize}]"
     )
     with pytest.raises(ConfigError, match=r"no column for \['cpu/size_mb'\]"):
-        table.check(cfg)
+        load_table(cfg, _write_table(tmp_path / "t.csv"))
 
 
 def test_the_shipped_table_covers_the_space_and_replays_deterministically() -> None:
     """bench/data/tabular_cpu.csv is the measured table of BENCHMARKS §10."""
-    table = Table.load(SHIPPED)
     cfg = _cfg("study.sampler=nsga2", "study.seed=3")
-    table.check(cfg)
+    table = load_table(cfg, SHIPPED)
     assert len(table.rows) == 288
-    accuracy = [r["cpu/accuracy"] for r in table.rows.values()]
-    latency = [r["cpu/latency_p50_ms"] for r in table.rows.values()]
+    accuracy = [a for a, _ in table.scores]
+    latency = [lat for _, lat in table.scores]
     # not degenerate: accuracy and latency both vary, and the front has several points
     assert max(accuracy) - min(accuracy) > 0.05 and max(latency) > 2 * min(latency)
-    points = [[a, lat] for a, lat in zip(accuracy, latency, strict=True)]
-    assert len(pareto_front(points, ["maximize", "minimize"])) >= 3
-    first = [t.arch_id for t in replay(cfg, table, 20)]
-    assert first == [
-        t.arch_id for t in replay(_cfg("study.sampler=nsga2", "study.seed=3"), table, 20)
-    ]
+    assert len(pareto_front(table.scores, ["maximize", "minimize"])) >= 3
+    first = _trained(replay(cfg, table, 20, processes=1), "nsga2")
+    assert first == _trained(replay(cfg, table, 20, processes=1), "nsga2")
 
 
-def test_auto_replays_through_cheap_first_and_reaches_the_front(tmp_path: Path) -> None:
-    """`auto` in tabular replay: no configuration trained twice, none that breaks a cheap
-    constraint trained, and the whole front's hypervolume reached. (This 288-row table
-    is too small to tell samplers apart: random reaches 95% in 10 trials at seed 0, auto
-    in 14; `vlmnas replay` on larger tables does, BENCHMARKS.md.)"""
-    table = Table.load(_write_table(tmp_path / "t.csv"))
-    ref = reference(_cfg(), table)
-    true_hv = true_hypervolume(_cfg(), table, ref)
+def test_auto_never_trains_a_row_that_breaks_a_cheap_constraint(tmp_path: Path) -> None:
+    """`auto` in tabular replay: no row trained twice, none that breaks a cheap
+    constraint trained (the baseline, queued first, aside), and the feasible front's
+    hypervolume reached. (This 288-row table is too small to tell samplers apart;
+    `vlmnas replay` on larger tables does, BENCHMARKS.md.)"""
     cfg = _cfg(
         "study.sampler=auto", "study.seed=0", 'study.constraints=["cpu/latency_p50_ms <= 2"]'
     )
-    trials = replay(cfg, table, 60)
-    assert len({t.arch_id for t in trials}) == len(trials)
-    assert all(table.rows[t.arch_id]["cpu/latency_p50_ms"] <= 2 for t in trials[1:])
-    assert (
-        trials[0].arch_id
-        == cfg.space.to_arch(cfg.space.baseline_params({"cpu": ("fp32",)})).arch_id
+    table = load_table(cfg, _write_table(tmp_path / "t.csv"))
+    assert table.cheap == ("cpu/latency_p50_ms",)
+    assert 0 < sum(table.feasible) < len(table.rows)
+    result = replay(cfg, table, 60, processes=1)
+    rows = _trained(result, "auto")
+    assert len(set(rows)) == len(rows) and rows[0] == baseline_row(cfg, table)
+    assert all(table.feasible[r] for r in rows[1:])
+    assert result["samplers"]["auto"]["trainings_to_95"]["reached"] == 1
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_optuna_samplers_skip_training_what_breaks_a_cheap_constraint(
+    tmp_path: Path, sampler: str
+) -> None:
+    cfg = _cfg(
+        f"study.sampler={sampler}", "study.seed=0", 'study.constraints=["cpu/latency_p50_ms <= 2"]'
     )
-    feasible_hv = true_hypervolume(cfg, table, ref)
-    assert 0 < feasible_hv <= true_hv
-    curve = hypervolume_curve(cfg, trials, ref)
-    assert trials_to_reach(curve, 0.95 * feasible_hv) <= 60
+    table = load_table(cfg, _write_table(tmp_path / "t.csv"))
+    result = replay(cfg, table, 30, processes=1)
+    rows = _trained(result, sampler)
+    # proposals that break it cost a cheap measurement, not a training
+    assert all(table.feasible[r] for r in rows[1:])
+    assert result["samplers"][sampler]["seeds"][0]["cheap_rows"] > len(rows) - 1

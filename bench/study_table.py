@@ -5,6 +5,11 @@
 Reads `<workdir>/optuna.db` and each trial's `metrics.json`; prints one row per trial
 (front members marked), the chance level of the data, and the Spearman rank correlation
 between parameter count and CPU latency (does latency follow model size?).
+
+A study of a pretrained space (`study=pretrained_cpu`, whose parameters are knobs of a
+checkpoint rather than sizes) gets one row per trial with the knobs it changed from
+the baseline trial (the checkpoint as it is), its image tokens, where its weights came
+from (checkpoint, trained, cached), accuracy, latency and size.
 """
 
 from __future__ import annotations
@@ -82,6 +87,12 @@ def main() -> None:
     p = args.profile
     print(f"Machine: {platform.processor() or platform.machine()}, {platform.platform()}")
     print()
+    if "lm.depth" not in trials[0].params:  # a pretrained space: knobs of a checkpoint
+        _knob_table(rows, front, p)
+        print(
+            f"\nChance level (most common training answer per question kind): {data.prior_baseline():.3f}"
+        )
+        return
     print(
         f"| trial | front | fusion | lm depth x width | vision depth x width | grids (image tokens) | params | MMACs | {p}/latency_p50_ms (cv) | {p}/accuracy | train s |"
     )
@@ -107,6 +118,23 @@ def main() -> None:
         f"Spearman rank correlation of {p}/latency_p50_ms with params: {np.corrcoef(params, latency)[0, 1]:.2f},"
     )
     print(f"with forward MACs: {np.corrcoef(macs, latency)[0, 1]:.2f}")
+
+
+def _knob_table(rows: list[tuple[optuna.trial.FrozenTrial, dict]], front: set[int], p: str) -> None:
+    base = next((t for t, _ in rows if t.user_attrs.get("baseline")), rows[0][0]).params
+    print(
+        f"| trial | front | knobs (changed from the checkpoint) | image tokens | weights | {p}/accuracy | {p}/latency_p50_ms (cv) | size MB | train s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for i, (t, m) in enumerate(rows):
+        info = json.loads((Path(t.user_attrs["trial_dir"]) / "metrics.json").read_text())["info"]
+        changed = [f"{k}={v}" for k, v in t.params.items() if base.get(k) != v]
+        print(
+            f"| {t.number}{' (baseline)' if t.user_attrs.get('baseline') else ''} | {'*' if i in front else ''} |"
+            f" {', '.join(changed) or '(none)'} | {m['image_tokens']} | {info.get('weights', '')} |"
+            f" {m[f'{p}/accuracy']:.3f} | {m[f'{p}/latency_p50_ms']:.3f} ({m[f'{p}/latency_cv']:.3f}) |"
+            f" {m.get(f'{p}/size_mb', float('nan')):.2f} | {m['train_s']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ _UNCHANGED = {
     "lm.drop_layers": 0,
     "adapt.lora_rank": 0,
     "fusion.placement": "early",
+    # conditional (on placement), but it applies to early fusion, so trial 0 names it:
+    # a knob missing from the enqueued baseline would be sampled
+    "fusion.share_ratio": 1.0,
 }
 
 

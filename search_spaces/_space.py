@@ -249,9 +249,14 @@ class SearchSpace:
 
     def baseline_params(self, quant_schemes: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
         """The baseline as Optuna parameters (first legal scheme per profile); values
-        outside the choices are left out, so the sampler picks them."""
+        outside the choices are left out, so the sampler picks them. A parameter added
+        after the baseline was written (`_ADDED_LATER`) takes its default where that is
+        a choice: trial 0 stays the reference even where a study widens such a choice."""
         outside = self.baseline_outside()
         kept = {k: v for k, v in self.baseline.items() if k not in outside}
+        for key in _ADDED_LATER:
+            if key not in self.baseline and _DEFAULTS[key] in self.choices[key]:
+                kept[key] = _DEFAULTS[key]
         return {**kept, **{f"quant.{p}": s[0] for p, s in sorted(quant_schemes.items())}}
 
     def _check_baseline(self, where: str, baseline: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from search_spaces import (
     image_index,
     image_processor,
     inspect_backbone,
+    is_plain,
     pad_indices,
     tiles_of,
 )
@@ -99,6 +100,23 @@ def test_trial_zero_is_the_checkpoint_unchanged(folder, space):
     model = cut_down(space.backbone, arch).eval()
     args, n = _inputs(arch, model.image_token_id)
     _check_against_reference(model, folder, args, n)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_trial_zero_as_the_driver_enqueues_it_samples_nothing(space, seed):
+    """The driver enqueues `baseline_params` as trial 0; a knob missing there (such as
+    the conditional fusion.share_ratio) would be sampled, and trial 0 would no longer
+    be the checkpoint."""
+    import optuna
+
+    quant = {"cpu": ("fp32", "int8_dynamic")}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    study.enqueue_trial(space.baseline_params(quant))
+    trial = study.ask()
+    arch = space.sample(trial, quant)
+    assert trial.params == space.baseline_params(quant)
+    assert is_plain(arch)
+    assert arch == space.to_arch(space.baseline_params(quant))
 
 
 def test_feature_layer_truncates_the_tower(folder, space):

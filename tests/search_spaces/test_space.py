@@ -104,6 +104,23 @@ def test_baseline_values_outside_narrowed_choices_are_sampled() -> None:
     assert space.sample(study.ask(), {"cpu": ("fp32",)}).lm.width == 32
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_trial_zero_samples_nothing_where_a_later_parameter_is_widened(seed: int) -> None:
+    """The baseline block predates the recipes; widened in a study, trial 0 still takes
+    their defaults instead of a sampled value."""
+    raw = _raw()
+    raw.setdefault("recipe", {})["augment"] = [True, False]
+    raw["recipe"]["align_epochs"] = [2, 0]
+    space = SearchSpace.from_mapping(raw, name="wide")
+    quant = {"cpu": ("fp32",)}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    study.enqueue_trial(space.baseline_params(quant))
+    trial = study.ask()
+    arch = space.sample(trial, quant)
+    assert arch.recipe.augment is False and arch.recipe.align_epochs == 0
+    assert set(trial.params) <= set(space.baseline_params(quant))
+
+
 def test_unknown_space_name_lists_known() -> None:
     with pytest.raises(
         SearchSpaceError, match="known: \\['llava_next', 'llava_next_pretrained', 'tabular'\\]"

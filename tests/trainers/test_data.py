@@ -51,6 +51,41 @@ def test_generator_writes_llava_format_with_all_question_kinds(shapes_root: Path
     assert len({w / h for w, h in sizes}) >= 3, "varied aspect ratios"
 
 
+def test_the_description_names_what_is_drawn_and_changes_nothing_else(tmp_path: Path) -> None:
+    from trainers.data._shapes import COLORS, DESCRIBE_QUESTION
+
+    on = generate_shapes_vqa(
+        tmp_path / "on", ShapesVQAConfig(seed=3, train_images=20, val_images=5, describe=True)
+    )
+    off = generate_shapes_vqa(
+        tmp_path / "off", ShapesVQAConfig(seed=3, train_images=20, val_images=5)
+    )
+    assert (on / "val.json").read_bytes() == (off / "val.json").read_bytes()
+    for a, b in zip(
+        json.loads((on / "train.json").read_text()),
+        json.loads((off / "train.json").read_text()),
+        strict=True,
+    ):
+        assert a["conversations"][:-2] == b["conversations"]
+        assert a["conversations"][-2]["value"] == DESCRIBE_QUESTION
+        described = [o.split() for o in a["conversations"][-1]["value"].split(" , ")]
+        with Image.open(on / a["image"]) as im:
+            pixels = set(im.getdata())
+        drawn = {c for c, rgb in COLORS.items() if rgb in pixels}
+        assert {o[0] for o in described} == drawn
+        assert all(
+            o[1] in ("circle", "square", "triangle") and o[2] in ("small", "large")
+            for o in described
+        )
+        assert a["question_kinds"] == [*b["question_kinds"], "description"]
+    # the description is trained on, never decoded: validation answers set the length
+    data = VQAData.load(on)
+    assert data.max_answer_tokens == 2
+    assert data.text_len > VQAData.load(off).text_len
+    root = prepare_data(DataConfig(describe=True, train_images=20, val_images=5), tmp_path).root
+    assert root.name == "shapes_vqa-s0-20x5-desc"
+
+
 def test_existing_root_with_other_dataset_is_refused(tmp_path: Path) -> None:
     generate_shapes_vqa(tmp_path / "d", ShapesVQAConfig(seed=1, train_images=2, val_images=1))
     with pytest.raises(FileExistsError):

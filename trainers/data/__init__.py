@@ -58,6 +58,8 @@ class DataConfig:
     val_images: Annotated[int, Field(ge=1)] = 150
     # shapes_vqa: share of training pairs with a wrong image
     noise: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    # shapes_vqa: training records end with a description of the objects
+    describe: bool = False
 
     @model_validator(mode="after")
     def _root(self) -> Self:
@@ -87,11 +89,12 @@ def prepare_data(cfg: DataConfig, workdir: Path, tokenizer: ChatCodec | None = N
             train_images=cfg.train_images,
             val_images=cfg.val_images,
             noise=cfg.noise,
+            describe=cfg.describe,
         )
         noise = f"-n{cfg.noise:g}" if cfg.noise else ""
-        default = (
-            workdir / "data" / f"shapes_vqa-s{cfg.seed}-{cfg.train_images}x{cfg.val_images}{noise}"
-        )
+        desc = "-desc" if cfg.describe else ""
+        name = f"shapes_vqa-s{cfg.seed}-{cfg.train_images}x{cfg.val_images}{noise}{desc}"
+        default = workdir / "data" / name
         root = Path(cfg.root) if cfg.root else default
         generate_shapes_vqa(root, gen)
     else:
@@ -109,19 +112,33 @@ class VQAData:
     val: list[Record]
     tokenizer: WordTokenizer  # or a checkpoint's ChatCodec (same interface)
     text_len: int  # longest conversation in tokens: the model's static text length
-    max_answer_tokens: int  # longest answer + its end token
+    max_answer_tokens: int  # longest validation answer + its end token: what is decoded
 
     @classmethod
     def load(cls, root: Path, tokenizer: WordTokenizer | None = None) -> VQAData:
-        train = load_llava_json(root, "train")
-        val = load_llava_json(root, "val")
+        return cls.from_records(
+            root, load_llava_json(root, "train"), load_llava_json(root, "val"), tokenizer
+        )
+
+    @classmethod
+    def from_records(
+        cls,
+        root: Path,
+        train: list[Record],
+        val: list[Record],
+        tokenizer: WordTokenizer | None = None,
+    ) -> VQAData:
+        """Records already loaded (or changed in memory, as bench scripts do); the
+        tokenizer is built from them unless given."""
         # The vocabulary also holds the words question paraphrases (recipe.augment) bring
         # in, so that every candidate on this data shares one tokenizer.
         tok = tokenizer or WordTokenizer.build([*records_text(train), *sorted(PARAPHRASE_WORDS)])
         encoded = [conversation_ids(tok, r) for r in train + val]
         lengths = [len(ids) for ids, _ in encoded]
-        # the longest answer with its end token (a run of answer tokens)
-        longest = max(_longest_run(is_answer) for _, is_answer in encoded)
+        # the longest answer to decode, with its end token (a run of answer tokens): only
+        # validation answers are decoded (training-only turns, such as shapes-VQA's
+        # descriptions, can be longer)
+        longest = max(_longest_run(is_answer) for _, is_answer in encoded[len(train) :])
         return cls(Path(root), train, val, tok, max(lengths), longest)
 
     @cached_property

@@ -16,6 +16,18 @@ sparing tiny models the colour-and-shape binding that needs far more training st
 a few-minute search can give (measured: with "the red circle"-style references, models
 stayed at the blind-guess level after 800 steps).
 
+With `describe`, each training record ends with one more turn, as LLaVA's training
+data mixes descriptions with questions: "describe the objects." ->
+"red circle large , blue square small" (left to right). Validation records do not have
+it, so accuracy is over the four kinds above. Without it, models never learn to read the
+colour words: they answer from the question's kind and the image's object count, and
+stay near 0.5 whatever the budget; with it, the Quick start's baseline jumped to 0.65-0.7
+after about 2,000 steps at a high learning rate (BENCHMARKS §14, "Why models stopped
+near 0.5"). It is off by default: a search's few-minute budget ends before that point,
+the turn lengthens every sequence by about 20 tokens, and the shipped checkpoint was
+trained without it. It comes last, after the questions, so that no answer can be read
+off its text.
+
 Output: `<root>/train.json`, `<root>/val.json`, `<root>/images/<split>_<i>.png`, and
 `<root>/manifest.json` with the generator parameters. Same seed, same bytes.
 """
@@ -56,6 +68,8 @@ class ShapesVQAConfig:
     val_images: int = 150
     questions_per_image: int = 4
     max_objects: int = 4
+    # Training records end with a description turn (module docstring).
+    describe: bool = False
     # Share of training records whose image is swapped for another record's (marked
     # "mismatched": true): the wrong pairs of web-scraped data, for data-hygiene studies.
     noise: float = 0.0
@@ -83,6 +97,8 @@ def generate_shapes_vqa(root: Path, config: ShapesVQAConfig) -> Path:
     manifest = {"generator": "shapes_vqa", **asdict(config)}
     if not config.noise:
         manifest.pop("noise")  # data generated before the option existed stays valid
+    if not config.describe:
+        manifest.pop("describe")
     if not 0.0 <= config.noise < 1.0:
         raise ValueError(f"data.noise={config.noise}: must be in [0, 1)")
     if _matches(root, manifest):
@@ -93,7 +109,11 @@ def generate_shapes_vqa(root: Path, config: ShapesVQAConfig) -> Path:
         (tmp / "images").mkdir()
         rng = np.random.default_rng(config.seed)
         for split, count in (("train", config.train_images), ("val", config.val_images)):
-            records = [_make_record(rng, tmp, f"{split}_{i:05d}", config) for i in range(count)]
+            describe = config.describe and split == "train"
+            records = [
+                _make_record(rng, tmp, f"{split}_{i:05d}", config, describe=describe)
+                for i in range(count)
+            ]
             if split == "train" and config.noise:
                 _mismatch(records, config.noise, np.random.default_rng(config.seed + 1))
             (tmp / f"{split}.json").write_text(json.dumps(records, indent=1))
@@ -120,7 +140,12 @@ def _matches(root: Path, manifest: dict[str, object]) -> bool:
 
 
 def _make_record(
-    rng: np.random.Generator, root: Path, ident: str, config: ShapesVQAConfig
+    rng: np.random.Generator,
+    root: Path,
+    ident: str,
+    config: ShapesVQAConfig,
+    *,
+    describe: bool = False,
 ) -> dict[str, Any]:
     width, height = CANVASES[rng.integers(len(CANVASES))]
     objects = _place_objects(rng, width, height, int(rng.integers(1, config.max_objects + 1)))
@@ -139,9 +164,24 @@ def _make_record(
             question = "<image>\n" + question
         conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
         asked.append(asked_kind)
+    if describe:  # last, and drawing nothing from rng: the questions stay as they were
+        conversations += [
+            {"from": "human", "value": DESCRIBE_QUESTION},
+            {"from": "gpt", "value": describe_objects(objects)},
+        ]
+        asked.append("description")
     # `question_kinds` is an extra key (LLaVA records carry extras such as "model");
     # loaders ignore it, reports use it for per-kind accuracy and chance level.
     return {"id": ident, "image": rel_path, "conversations": conversations, "question_kinds": asked}
+
+
+DESCRIBE_QUESTION = "describe the objects."
+
+
+def describe_objects(objects: list[_Obj]) -> str:
+    """Colour, shape and size of every object, left to right (then top to bottom)."""
+    ordered = sorted(objects, key=lambda o: (o.x, o.y))
+    return " , ".join(f"{o.color} {o.shape} {o.size}" for o in ordered)
 
 
 def _mismatch(records: list[dict[str, Any]], share: float, rng: np.random.Generator) -> None:

@@ -8,7 +8,8 @@ between parameter count and CPU latency (does latency follow model size?).
 
 A study of a pretrained space (`study=pretrained_cpu`, whose parameters are knobs of a
 checkpoint rather than sizes) gets one row per trial with the knobs it changed from
-the baseline trial (the checkpoint as it is), its image tokens, where its weights came
+the baseline trial (the checkpoint as it is), its image tokens (mean per validation
+image), where its weights came
 from (checkpoint, trained, cached), accuracy, latency and size.
 """
 
@@ -127,11 +128,12 @@ def _knob_table(rows: list[tuple[optuna.trial.FrozenTrial, dict]], front: set[in
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for i, (t, m) in enumerate(rows):
-        info = json.loads((Path(t.user_attrs["trial_dir"]) / "metrics.json").read_text())["info"]
+        saved = json.loads((Path(t.user_attrs["trial_dir"]) / "metrics.json").read_text())
+        info, tokens = saved["info"], saved["metrics"]["image_tokens"]  # mean per image
         changed = [f"{k}={v}" for k, v in t.params.items() if base.get(k) != v]
         print(
             f"| {t.number}{' (baseline)' if t.user_attrs.get('baseline') else ''} | {'*' if i in front else ''} |"
-            f" {', '.join(changed) or '(none)'} | {m['image_tokens']} | {info.get('weights', '')} |"
+            f" {', '.join(changed) or '(none)'} | {tokens:.0f} | {info.get('weights', '')} |"
             f" {m[f'{p}/accuracy']:.3f} | {m[f'{p}/latency_p50_ms']:.3f} ({m[f'{p}/latency_cv']:.3f}) |"
             f" {m.get(f'{p}/size_mb', float('nan')):.2f} | {m['train_s']:.0f} |"
         )

@@ -22,11 +22,11 @@ data mixes descriptions with questions: "describe the objects." ->
 it, so accuracy is over the four kinds above. Without it, models never learn to read the
 colour words: they answer from the question's kind and the image's object count, and
 stay near 0.5 whatever the budget; with it, the Quick start's baseline jumped to 0.65-0.7
-after about 2,000 steps at a high learning rate (BENCHMARKS §14, "Why models stopped
-near 0.5"). It is off by default: a search's few-minute budget ends before that point,
-the turn lengthens every sequence by about 20 tokens, and the shipped checkpoint was
-trained without it. It comes last, after the questions, so that no answer can be read
-off its text.
+and the shipped checkpoint to 0.82 after about 2,000 steps at a high learning rate
+(BENCHMARKS §14, "Why models stopped near 0.5"). `vlmnas pretrain` turns it on; it is
+off by default, since a search's few-minute budget ends before that point and the turn
+lengthens every sequence by about 20 tokens. It comes last, after the questions, so
+that no answer can be read off its text.
 
 Output: `<root>/train.json`, `<root>/val.json`, `<root>/images/<split>_<i>.png`, and
 `<root>/manifest.json` with the generator parameters. Same seed, same bytes.

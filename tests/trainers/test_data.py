@@ -154,6 +154,13 @@ def test_loader_rejects_bad_records_naming_them(tmp_path: Path, record, needle: 
     assert "\n" not in str(err.value)
 
 
+def test_generator_options_are_refused_for_a_users_data_set(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="data.describe=True.*data=llava"):
+        DataConfig(name="llava", root=str(tmp_path), describe=True)
+    with pytest.raises(DataError, match="data.noise=0.2"):
+        DataConfig(name="llava", root=str(tmp_path), noise=0.2)
+
+
 def test_prepare_llava_needs_existing_root(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not a directory"):
         prepare_data(DataConfig(name="llava", root=str(tmp_path / "nope")), tmp_path)

@@ -69,6 +69,12 @@ class DataConfig:
             )
         if self.name == "llava" and not Path(self.root or "").expanduser().is_dir():
             raise ValueError(f"data.root={self.root!r} is not a directory")
+        if self.name == "llava" and (self.noise or self.describe):
+            raise ValueError(
+                f"data.noise={self.noise} / data.describe={self.describe}: these shape the"
+                " generated shapes_vqa data; data=llava reads data.root as it is (allowed:"
+                " noise 0, describe false)"
+            )
         return self
 
 

@@ -9,8 +9,8 @@ between parameter count and CPU latency (does latency follow model size?).
 A study of a pretrained space (`study=pretrained_cpu`, whose parameters are knobs of a
 checkpoint rather than sizes) gets one row per trial with the knobs it changed from
 the baseline trial (the checkpoint as it is), its image tokens (mean per validation
-image), where its weights came
-from (checkpoint, trained, cached), accuracy, latency and size.
+image), where its weights came from (checkpoint, trained, cached), accuracy, latency
+and size.
 """
 
 from __future__ import annotations

@@ -77,9 +77,13 @@ def main() -> None:
     rows = []
     for t in trials:
         folder = Path(t.user_attrs["trial_dir"])
-        m = json.loads((folder / "metrics.json").read_text())["metrics"]
+        saved = json.loads((folder / "metrics.json").read_text())
+        m = saved["metrics"]
         arch = ArchConfig.from_dict(yaml.safe_load((folder / "config.yaml").read_text())["arch"])
-        rows.append((t, {**m, "image_tokens": arch.image_tokens, "arch": arch}))
+        row = {**m, "image_tokens": arch.image_tokens, "arch": arch, "info": saved["info"]}
+        # what the trial measured: the mean per validation image (arch's is the most)
+        row["image_tokens_per_image"] = m.get("image_tokens", float("nan"))
+        rows.append((t, row))
     directions = [
         "maximize" if d == optuna.study.StudyDirection.MAXIMIZE else "minimize"
         for d in study.directions
@@ -128,8 +132,7 @@ def _knob_table(rows: list[tuple[optuna.trial.FrozenTrial, dict]], front: set[in
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for i, (t, m) in enumerate(rows):
-        saved = json.loads((Path(t.user_attrs["trial_dir"]) / "metrics.json").read_text())
-        info, tokens = saved["info"], saved["metrics"]["image_tokens"]  # mean per image
+        info, tokens = m["info"], m["image_tokens_per_image"]
         changed = [f"{k}={v}" for k, v in t.params.items() if base.get(k) != v]
         print(
             f"| {t.number}{' (baseline)' if t.user_attrs.get('baseline') else ''} | {'*' if i in front else ''} |"
